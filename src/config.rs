@@ -1,0 +1,193 @@
+//! Broker configuration: every limit the broker enforces is a named default
+//! here, with the reasoning next to it. Read once at start-up, then copied to
+//! every shard (shared-nothing).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Largest request frame accepted (Kafka's `socket.request.max.bytes`).
+/// Checked against the 4-byte length prefix before any allocation.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
+/// Largest record batch accepted in a produce (Kafka's `message.max.bytes`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024 + 12 + 1024 * 1024;
+/// Segment roll size (Kafka's `segment.bytes`).
+pub const DEFAULT_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
+/// Bytes of log between two sparse index entries (Kafka's `index.interval.bytes`).
+pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
+/// Write-behind buffer of the active segment of one partition. A batch is
+/// copied into it and written out page-aligned by the flusher; it must hold
+/// at least two of the largest batches so one can be staged while one is written.
+pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes of recently appended batches each shard keeps in memory for
+/// tailing consumers.
+pub const DEFAULT_BATCH_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Requests read ahead of the response being written on one connection
+/// (librdkafka keeps up to 5 in flight; Java up to 5 by default).
+pub const DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION: usize = 32;
+/// Interval for the flush policy `interval` and for writing checkpoints.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
+/// How often recovery points and producer state are checkpointed.
+pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 60_000;
+/// Producer ids remembered per partition for idempotent de-duplication.
+pub const DEFAULT_MAX_PRODUCERS_PER_PARTITION: usize = 10_000;
+/// Largest partition count accepted in one CreateTopics/CreatePartitions.
+pub const MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
+/// Fetch wait ceiling, whatever the client asks (Kafka clients send <= 500 ms by default).
+pub const MAX_FETCH_WAIT_MS: u64 = 30_000;
+
+const PAGE: usize = 4096;
+const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES >= 2 * DEFAULT_MAX_MESSAGE_BYTES + PAGE);
+const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES % PAGE == 0);
+const _: () = assert!(DEFAULT_MAX_MESSAGE_BYTES < DEFAULT_MAX_REQUEST_BYTES);
+const _: () = assert!(DEFAULT_SEGMENT_BYTES <= u32::MAX as u64);
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// When appended data is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlushPolicy {
+    /// Produce with acks=1/all is answered only after an fdatasync that covers
+    /// it; one fdatasync per partition file covers every append that arrived
+    /// while the previous one ran.
+    GroupCommit,
+    /// Appends are written out as they come and fdatasync runs every
+    /// `flush_interval_ms`; acks do not wait for it (Kafka's default
+    /// behaviour with log.flush.interval.ms).
+    Interval,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    pub cores: Option<usize>,
+    pub node_id: i32,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    pub max_request_bytes: usize,
+    pub max_message_bytes: usize,
+    pub segment_bytes: u64,
+    pub index_interval_bytes: u32,
+    pub write_buffer_bytes: usize,
+    pub batch_cache_bytes: usize,
+    pub max_in_flight_per_connection: usize,
+    pub flush_policy: FlushPolicy,
+    pub flush_interval_ms: u64,
+    pub checkpoint_interval_ms: u64,
+    pub preallocate: bool,
+    pub cluster_id: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:9092".into(),
+            advertise: None,
+            data_dir: PathBuf::from("./data"),
+            cores: None,
+            node_id: 0,
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
+            write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
+            batch_cache_bytes: DEFAULT_BATCH_CACHE_BYTES,
+            max_in_flight_per_connection: DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
+            flush_policy: FlushPolicy::GroupCommit,
+            flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
+            checkpoint_interval_ms: DEFAULT_CHECKPOINT_INTERVAL_MS,
+            preallocate: true,
+            cluster_id: "ringtail-cluster-0001".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return bad(format!("listen {:?} is not HOST:PORT", self.listen));
+        }
+        if let Some(a) = &self.advertise {
+            if a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return bad(format!("advertise {a:?} is not HOST:PORT"));
+            }
+        }
+        if self.cores == Some(0) {
+            return bad("cores must be at least 1".into());
+        }
+        if self.write_buffer_bytes % PAGE != 0
+            || self.write_buffer_bytes < 2 * self.max_message_bytes + PAGE
+        {
+            return bad(format!(
+                "write_buffer_bytes must be a multiple of {PAGE} and at least 2 * max_message_bytes + {PAGE}"
+            ));
+        }
+        if self.segment_bytes < 4 * PAGE as u64 || self.segment_bytes > u32::MAX as u64 {
+            return bad("segment_bytes must be in 16 KiB..4 GiB".into());
+        }
+        if self.max_message_bytes >= self.max_request_bytes {
+            return bad("max_message_bytes must be below max_request_bytes".into());
+        }
+        if self.default_partitions < 1 || self.default_partitions > MAX_PARTITIONS_PER_TOPIC {
+            return bad("default_partitions out of range".into());
+        }
+        if self.max_in_flight_per_connection == 0 || self.index_interval_bytes == 0 {
+            return bad("max_in_flight_per_connection and index_interval_bytes must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Host and port given to clients in Metadata and FindCoordinator.
+    pub fn advertised(&self) -> (String, i32) {
+        let addr = self.advertise.clone().unwrap_or_else(|| {
+            let l: SocketAddr = self.listen.parse().expect("validated");
+            if l.ip().is_unspecified() {
+                format!("127.0.0.1:{}", l.port())
+            } else {
+                l.to_string()
+            }
+        });
+        let (host, port) = addr.rsplit_once(':').expect("validated");
+        (host.trim_matches(['[', ']']).to_string(), port.parse().unwrap_or(9092))
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.cores.unwrap_or_else(|| {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        })
+    }
+}

@@ -1,0 +1,3 @@
+//! Consumer group coordinator.
+
+pub mod cli;

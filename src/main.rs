@@ -1,0 +1,84 @@
+//! `ringtail` command line: `serve` runs the broker, `bench` drives any
+//! Kafka-compatible broker, `groups` inspects consumer groups.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ringtail", version, about = "Kafka-wire-compatible streaming broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Kafka-protocol load generator (works against any Kafka-compatible broker).
+    Bench(ringtail::bench::BenchArgs),
+    /// Inspect consumer groups: `groups list`, `groups describe GROUP`.
+    Groups(ringtail::group::cli::GroupsArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to accept Kafka clients on.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory holding the partitions' logs and the broker's metadata.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Number of shards (one pinned executor per core); default all cores.
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Address given to clients in Metadata responses.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// This broker's node id.
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// TOML configuration file; command line flags win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let mut config = match &args.config {
+                Some(path) => ringtail::config::Config::load(path)?,
+                None => ringtail::config::Config::default(),
+            };
+            if let Some(v) = args.listen {
+                config.listen = v;
+            }
+            if let Some(v) = args.data_dir {
+                config.data_dir = v;
+            }
+            if let Some(v) = args.cores {
+                config.cores = Some(v);
+            }
+            if let Some(v) = args.advertise {
+                config.advertise = Some(v);
+            }
+            if let Some(v) = args.node_id {
+                config.node_id = v;
+            }
+            config.validate()?;
+            ringtail::server::run(config)
+        }
+        Command::Bench(args) => ringtail::bench::run(args),
+        Command::Groups(args) => ringtail::group::cli::run(args),
+    }
+}

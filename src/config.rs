@@ -12,15 +12,16 @@ use thiserror::Error;
 /// Checked against the 4-byte length prefix before any allocation.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
 /// Largest record batch accepted in a produce (Kafka's `message.max.bytes`).
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024 + 12 + 1024 * 1024;
+/// Larger than Kafka's 1 MiB + 12 so 1 MiB values work without tuning.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Segment roll size (Kafka's `segment.bytes`).
 pub const DEFAULT_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
 /// Bytes of log between two sparse index entries (Kafka's `index.interval.bytes`).
 pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
-/// Write-behind buffer of the active segment of one partition. A batch is
-/// copied into it and written out page-aligned by the flusher; it must hold
-/// at least two of the largest batches so one can be staged while one is written.
-pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Write-behind buffer of the active segment of one partition. Batches are
+/// copied into it and written out page-aligned by the flusher; a batch larger
+/// than the buffer takes the slow path and is written on its own.
+pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 /// Bytes of recently appended batches each shard keeps in memory for
 /// tailing consumers.
 pub const DEFAULT_BATCH_CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -39,7 +40,7 @@ pub const MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
 pub const MAX_FETCH_WAIT_MS: u64 = 30_000;
 
 const PAGE: usize = 4096;
-const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES >= 2 * DEFAULT_MAX_MESSAGE_BYTES + PAGE);
+const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES >= 16 * PAGE);
 const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES % PAGE == 0);
 const _: () = assert!(DEFAULT_MAX_MESSAGE_BYTES < DEFAULT_MAX_REQUEST_BYTES);
 const _: () = assert!(DEFAULT_SEGMENT_BYTES <= u32::MAX as u64);
@@ -149,12 +150,8 @@ impl Config {
         if self.cores == Some(0) {
             return bad("cores must be at least 1".into());
         }
-        if self.write_buffer_bytes % PAGE != 0
-            || self.write_buffer_bytes < 2 * self.max_message_bytes + PAGE
-        {
-            return bad(format!(
-                "write_buffer_bytes must be a multiple of {PAGE} and at least 2 * max_message_bytes + {PAGE}"
-            ));
+        if self.write_buffer_bytes % PAGE != 0 || self.write_buffer_bytes < 16 * PAGE {
+            return bad(format!("write_buffer_bytes must be a multiple of {PAGE}, at least 64 KiB"));
         }
         if self.segment_bytes < 4 * PAGE as u64 || self.segment_bytes > u32::MAX as u64 {
             return bad("segment_bytes must be in 16 KiB..4 GiB".into());

@@ -143,7 +143,10 @@ impl Config {
             return bad(format!("listen {:?} is not HOST:PORT", self.listen));
         }
         if let Some(a) = &self.advertise {
-            if a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            if a.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
                 return bad(format!("advertise {a:?} is not HOST:PORT"));
             }
         }
@@ -151,7 +154,9 @@ impl Config {
             return bad("cores must be at least 1".into());
         }
         if self.write_buffer_bytes % PAGE != 0 || self.write_buffer_bytes < 16 * PAGE {
-            return bad(format!("write_buffer_bytes must be a multiple of {PAGE}, at least 64 KiB"));
+            return bad(format!(
+                "write_buffer_bytes must be a multiple of {PAGE}, at least 64 KiB"
+            ));
         }
         if self.segment_bytes < 4 * PAGE as u64 || self.segment_bytes > u32::MAX as u64 {
             return bad("segment_bytes must be in 16 KiB..4 GiB".into());
@@ -179,12 +184,17 @@ impl Config {
             }
         });
         let (host, port) = addr.rsplit_once(':').expect("validated");
-        (host.trim_matches(['[', ']']).to_string(), port.parse().unwrap_or(9092))
+        (
+            host.trim_matches(['[', ']']).to_string(),
+            port.parse().unwrap_or(9092),
+        )
     }
 
     pub fn shard_count(&self) -> usize {
         self.cores.unwrap_or_else(|| {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         })
     }
 }

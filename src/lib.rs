@@ -1,6 +1,14 @@
 //! ringtail: a Kafka-wire-compatible streaming broker, thread-per-core on glommio.
 
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod group;
+pub mod log;
+pub mod net;
+pub mod partition;
+pub mod producer_state;
+pub mod protocol;
+pub mod record;
 pub mod server;
+pub mod shard;

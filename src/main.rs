@@ -7,7 +7,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ringtail", version, about = "Kafka-wire-compatible streaming broker")]
+#[command(
+    name = "ringtail",
+    version,
+    about = "Kafka-wire-compatible streaming broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,0 +1,140 @@
+//! Sparse offset and time indexes of one segment, kept in memory and written
+//! in Kafka's on-disk formats when the segment is sealed or the broker stops.
+//!
+//! Owned by the segment, on the partition's shard.
+
+/// `.index` entry: offset relative to the segment base, byte position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub relative_offset: u32,
+    pub position: u32,
+}
+
+/// `.timeindex` entry: largest timestamp so far, offset relative to the base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeIndexEntry {
+    pub timestamp: i64,
+    pub relative_offset: u32,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SegmentIndex {
+    pub offsets: Vec<IndexEntry>,
+    pub times: Vec<TimeIndexEntry>,
+}
+
+impl SegmentIndex {
+    pub fn push(&mut self, relative_offset: u32, position: u32, max_timestamp: i64) {
+        self.offsets.push(IndexEntry {
+            relative_offset,
+            position,
+        });
+        if self
+            .times
+            .last()
+            .is_none_or(|t| max_timestamp > t.timestamp)
+        {
+            self.times.push(TimeIndexEntry {
+                timestamp: max_timestamp,
+                relative_offset,
+            });
+        }
+    }
+
+    /// Byte position from which a scan finds `relative_offset`: the entry
+    /// with the largest offset not above it, or the segment start.
+    pub fn lookup(&self, relative_offset: u32) -> u32 {
+        let i = self
+            .offsets
+            .partition_point(|e| e.relative_offset <= relative_offset);
+        if i == 0 {
+            0
+        } else {
+            self.offsets[i - 1].position
+        }
+    }
+
+    /// Relative offset from which a scan finds the first record at or after
+    /// `timestamp`: the last entry whose timestamp is below it.
+    pub fn lookup_time(&self, timestamp: i64) -> u32 {
+        let i = self.times.partition_point(|e| e.timestamp < timestamp);
+        if i == 0 {
+            0
+        } else {
+            self.times[i - 1].relative_offset
+        }
+    }
+
+    pub fn encode_offsets(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.offsets.len() * 8);
+        for e in &self.offsets {
+            out.extend_from_slice(&e.relative_offset.to_be_bytes());
+            out.extend_from_slice(&e.position.to_be_bytes());
+        }
+        out
+    }
+
+    pub fn encode_times(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.times.len() * 12);
+        for e in &self.times {
+            out.extend_from_slice(&e.timestamp.to_be_bytes());
+            out.extend_from_slice(&e.relative_offset.to_be_bytes());
+        }
+        out
+    }
+
+    pub fn decode_offsets(bytes: &[u8]) -> Vec<IndexEntry> {
+        bytes
+            .chunks_exact(8)
+            .map(|c| IndexEntry {
+                relative_offset: u32::from_be_bytes(c[0..4].try_into().expect("4")),
+                position: u32::from_be_bytes(c[4..8].try_into().expect("4")),
+            })
+            .take_while(|e| e.relative_offset != 0 || e.position == 0)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SegmentIndex {
+        let mut idx = SegmentIndex::default();
+        idx.push(0, 0, 100);
+        idx.push(10, 4096, 200);
+        idx.push(25, 8200, 150);
+        idx.push(40, 12300, 300);
+        idx
+    }
+
+    #[test]
+    fn lookup_finds_floor_entry() {
+        let idx = sample();
+        assert_eq!(idx.lookup(0), 0);
+        assert_eq!(idx.lookup(9), 0);
+        assert_eq!(idx.lookup(10), 4096);
+        assert_eq!(idx.lookup(39), 8200);
+        assert_eq!(idx.lookup(1000), 12300);
+        assert_eq!(SegmentIndex::default().lookup(5), 0);
+    }
+
+    #[test]
+    fn time_index_is_monotonic_and_looked_up() {
+        let idx = sample();
+        assert_eq!(idx.times.len(), 3, "a smaller timestamp adds no time entry");
+        assert_eq!(idx.lookup_time(50), 0);
+        assert_eq!(idx.lookup_time(200), 0);
+        assert_eq!(idx.lookup_time(201), 10);
+        assert_eq!(idx.lookup_time(10_000), 40);
+    }
+
+    #[test]
+    fn offsets_round_trip_in_kafka_format() {
+        let idx = sample();
+        let bytes = idx.encode_offsets();
+        assert_eq!(bytes.len(), 32);
+        assert_eq!(SegmentIndex::decode_offsets(&bytes), idx.offsets);
+        assert_eq!(idx.encode_times().len(), 36);
+    }
+}

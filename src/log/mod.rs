@@ -1,0 +1,354 @@
+//! A partition's log: ordered segments in `<data-dir>/<topic>-<partition>/`,
+//! recovery on open, and the read path.
+//!
+//! Runs on the partition's shard; owned by the partition. Synchronous methods
+//! mutate in-memory state only; the partition sequences the async I/O (writes,
+//! syncs, rolls) under its io lock so no RefCell borrow is held across an await.
+
+pub mod index;
+pub mod segment;
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use glommio::io::DmaFile;
+use thiserror::Error;
+
+use crate::record::{validate_batch, BatchHeader, LOG_OVERHEAD};
+use segment::{align_down, Segment};
+
+/// Bytes read per I/O while recovering a segment.
+pub const RECOVERY_READ_BYTES: usize = 4 * 1024 * 1024;
+/// Smallest read issued by a fetch from disk, so a scan from an index entry
+/// usually reaches the wanted batch in one I/O.
+pub const MIN_DISK_READ_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Error)]
+pub enum LogError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("partition storage is poisoned after an I/O error; refusing writes")]
+    Poisoned,
+    #[error("offset {0} is out of range")]
+    OffsetOutOfRange(i64),
+}
+
+impl LogError {
+    pub fn io(op: &'static str, path: &Path, source: impl Into<std::io::Error>) -> LogError {
+        LogError::Io {
+            op,
+            path: path.to_owned(),
+            source: source.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub segment_bytes: u64,
+    pub index_interval_bytes: u64,
+    pub write_buffer_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub preallocate: bool,
+}
+
+pub struct Log {
+    pub dir: PathBuf,
+    pub config: LogConfig,
+    /// Ordered by base offset; the last one is active.
+    pub segments: Vec<Segment>,
+    pub log_start_offset: i64,
+}
+
+/// Where a read starts: a file, a position in it and how far it is valid.
+pub struct ReadPlan {
+    pub file: Rc<DmaFile>,
+    pub path: PathBuf,
+    pub position: u64,
+    pub limit: u64,
+    pub next_segment: Option<i64>,
+}
+
+fn segment_bases(dir: &Path) -> Result<Vec<i64>, LogError> {
+    let mut bases = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| LogError::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| LogError::io("list", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(".log") {
+            if let Ok(base) = stem.parse::<i64>() {
+                bases.push(base);
+            }
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir`, recovering every segment:
+    /// batches are validated (length, CRC32C), indexes rebuilt, and a torn
+    /// tail truncated. `on_batch` sees every valid batch header in order.
+    pub async fn open(
+        dir: PathBuf,
+        config: LogConfig,
+        mut on_batch: impl FnMut(&BatchHeader),
+    ) -> Result<Log, LogError> {
+        std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create dir", &dir, e))?;
+        let bases = segment_bases(&dir)?;
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut truncated = false;
+        for base in bases {
+            let path = dir.join(segment::log_file_name(base));
+            if truncated {
+                tracing::warn!(path = %path.display(), "removing segment after a torn tail");
+                std::fs::remove_file(&path).map_err(|e| LogError::io("remove", &path, e))?;
+                continue;
+            }
+            let mut seg = Segment::open(path, base).await?;
+            let complete = recover_segment(&mut seg, &config, &mut on_batch).await?;
+            truncated = !complete;
+            segments.push(seg);
+        }
+        if segments.is_empty() {
+            segments.push(Segment::create(&dir, 0).await?);
+        }
+        let log_start_offset = segments[0].base_offset;
+        Ok(Log {
+            dir,
+            config,
+            segments,
+            log_start_offset,
+        })
+    }
+
+    pub fn active(&self) -> &Segment {
+        self.segments.last().expect("a log has an active segment")
+    }
+
+    pub fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a log has an active segment")
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.active().next_offset
+    }
+
+    pub fn segment_mut(&mut self, base_offset: i64) -> Option<&mut Segment> {
+        self.segments
+            .iter_mut()
+            .find(|s| s.base_offset == base_offset)
+    }
+
+    /// True when `len` more bytes would overflow the active segment.
+    pub fn needs_roll(&self, len: usize) -> bool {
+        let a = self.active();
+        a.size > 0 && a.size + len as u64 > self.config.segment_bytes
+    }
+
+    /// Appends one batch whose offsets are already assigned. The caller made
+    /// room (`needs_roll`, `has_room`).
+    pub fn append(&mut self, batch: &[u8]) {
+        let header = BatchHeader::parse(batch).expect("validated batch");
+        let (base, last, ts) = (
+            header.base_offset(),
+            header.last_offset(),
+            header.max_timestamp(),
+        );
+        let interval = self.config.index_interval_bytes;
+        let buffer_bytes = self.config.write_buffer_bytes;
+        let seg = self.active_mut();
+        let position = seg.append(batch, buffer_bytes);
+        seg.track_batch(position, batch.len() as u64, base, last, ts, interval);
+    }
+
+    /// Plans a read of the batch holding `offset`.
+    pub fn locate(&self, offset: i64) -> Option<ReadPlan> {
+        let i = self.segments.partition_point(|s| s.base_offset <= offset);
+        if i == 0 {
+            return None;
+        }
+        let seg = &self.segments[i - 1];
+        let relative = (offset - seg.base_offset).min(u32::MAX as i64) as u32;
+        Some(ReadPlan {
+            file: seg.file.clone(),
+            path: seg.path.clone(),
+            position: seg.index.lookup(relative) as u64,
+            limit: seg.written,
+            next_segment: self.segments.get(i).map(|s| s.base_offset),
+        })
+    }
+
+    /// Plans a scan for the first record with timestamp >= `timestamp`.
+    pub fn locate_time(&self, timestamp: i64) -> Option<(i64, ReadPlan)> {
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.max_timestamp >= timestamp)?;
+        let start = seg.base_offset + seg.index.lookup_time(timestamp) as i64;
+        Some((start, self.locate(start)?))
+    }
+
+    /// Largest timestamp in the log and the offset of the batch carrying it.
+    pub fn max_timestamp(&self) -> (i64, i64) {
+        self.segments
+            .iter()
+            .filter(|s| s.max_timestamp >= 0)
+            .max_by_key(|s| s.max_timestamp)
+            .map(|s| (s.max_timestamp, s.offset_of_max_timestamp))
+            .unwrap_or((-1, -1))
+    }
+}
+
+/// Scans one segment from its start. Returns false when it ended in a torn
+/// or corrupt tail (which is truncated).
+async fn recover_segment(
+    seg: &mut Segment,
+    config: &LogConfig,
+    on_batch: &mut impl FnMut(&BatchHeader),
+) -> Result<bool, LogError> {
+    let file_size = seg
+        .file
+        .file_size()
+        .await
+        .map_err(|e| LogError::io("stat", &seg.path, e))?;
+    let max_batch = config.max_batch_bytes.max(16 * 1024 * 1024);
+    let mut carry = BytesMut::new();
+    let mut carry_pos = 0u64; // file position of carry[0]
+    let mut read_pos = 0u64;
+    let complete;
+    'scan: loop {
+        loop {
+            if carry.len() < LOG_OVERHEAD {
+                break;
+            }
+            let length = i32::from_be_bytes(carry[8..12].try_into().expect("4"));
+            if length <= 0 {
+                complete = carry.iter().all(|b| *b == 0) && read_pos >= file_size;
+                break 'scan;
+            }
+            let size = LOG_OVERHEAD + length as usize;
+            if carry.len() < size && size <= max_batch {
+                break;
+            }
+            match validate_batch(&carry, max_batch) {
+                Ok(size) => {
+                    let h = BatchHeader::parse(&carry).expect("validated");
+                    seg.track_batch(
+                        carry_pos,
+                        size as u64,
+                        h.base_offset(),
+                        h.last_offset(),
+                        h.max_timestamp(),
+                        config.index_interval_bytes,
+                    );
+                    on_batch(&h);
+                    let _ = carry.split_to(size);
+                    carry_pos += size as u64;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %seg.path.display(), position = carry_pos, error = %e, "torn or corrupt batch; truncating");
+                    complete = false;
+                    break 'scan;
+                }
+            }
+        }
+        if read_pos >= file_size {
+            complete = carry.is_empty();
+            break;
+        }
+        let want = RECOVERY_READ_BYTES.min((file_size - read_pos) as usize);
+        let chunk = seg
+            .file
+            .read_at(read_pos, want)
+            .await
+            .map_err(|e| LogError::io("read", &seg.path, e))?;
+        if chunk.is_empty() {
+            complete = carry.is_empty();
+            break;
+        }
+        carry.extend_from_slice(&chunk);
+        read_pos += chunk.len() as u64;
+    }
+    let valid = carry_pos;
+    if !complete && valid < file_size {
+        tracing::warn!(path = %seg.path.display(), valid, file_size, "truncating segment tail");
+    }
+    let tail_start = align_down(valid);
+    let tail = if valid > tail_start {
+        let page = seg
+            .file
+            .read_at(tail_start, (valid - tail_start) as usize)
+            .await
+            .map_err(|e| LogError::io("read", &seg.path, e))?;
+        page.to_vec()
+    } else {
+        Vec::new()
+    };
+    seg.recovered(valid, tail).await?;
+    Ok(complete || valid == file_size)
+}
+
+/// Reads whole batches starting with the one holding `offset`, stopping
+/// before `end_offset` (the high watermark) and at about `max_bytes` (but
+/// always at least one batch). Returns the bytes and the offset after them.
+pub async fn read_batches(
+    plan: &ReadPlan,
+    offset: i64,
+    end_offset: i64,
+    max_bytes: usize,
+) -> Result<Bytes, LogError> {
+    let mut position = plan.position;
+    let mut out = BytesMut::new();
+    let mut want = max_bytes.max(MIN_DISK_READ_BYTES);
+    while position < plan.limit {
+        let available = (plan.limit - position) as usize;
+        let chunk = plan
+            .file
+            .read_at(position, want.min(available))
+            .await
+            .map_err(|e| LogError::io("read", &plan.path, e))?;
+        let mut at = 0usize;
+        let mut larger = 0usize;
+        while chunk.len() - at >= LOG_OVERHEAD {
+            let Ok(h) = BatchHeader::parse(&chunk[at..]) else {
+                break;
+            };
+            let size = h.total_size();
+            if h.base_offset() >= end_offset || size <= LOG_OVERHEAD {
+                return Ok(out.freeze());
+            }
+            if chunk.len() - at < size {
+                larger = size;
+                break;
+            }
+            if h.last_offset() >= offset {
+                if !out.is_empty() && out.len() + size > max_bytes {
+                    return Ok(out.freeze());
+                }
+                out.extend_from_slice(&chunk[at..at + size]);
+            }
+            at += size;
+        }
+        if at == 0 {
+            if larger > want && larger <= available {
+                want = larger; // one batch larger than the read: read it whole
+                continue;
+            }
+            break;
+        }
+        position += at as u64;
+        if out.len() >= max_bytes {
+            break;
+        }
+    }
+    Ok(out.freeze())
+}

@@ -1,0 +1,271 @@
+//! One segment of a partition's log: `<base offset>.log` written with O_DIRECT.
+//!
+//! Runs on the partition's shard; the partition owns its segments.
+//!
+//! Durability contract of the appender:
+//! - `append` copies a batch into the write-behind buffer (a page-aligned DMA
+//!   buffer that maps to file position `buf_pos`). Nothing is on the device yet.
+//! - `take_write` hands the filled pages (the last partial page zero padded)
+//!   to the caller, who writes them at `buf_pos` and then calls `written_to`.
+//!   The partial last page stays behind in `tail` and is rewritten with the
+//!   next write, so the device always holds whole, aligned pages.
+//! - Bytes are durable only after an fdatasync that started after `written_to`.
+//!   The partition tracks that; the segment never syncs on its own except when sealed.
+//! - At most one write is in flight per segment (the partition's io lock), so
+//!   two writes of the same partial page never race.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+
+use super::index::SegmentIndex;
+use super::LogError;
+
+/// Alignment of every O_DIRECT write and read position.
+pub const PAGE_BYTES: u64 = 4096;
+/// Space reserved ahead of the write position with fallocate, so appends do
+/// not allocate blocks one write at a time.
+pub const PREALLOCATE_STEP_BYTES: u64 = 32 * 1024 * 1024;
+
+pub fn align_down(v: u64) -> u64 {
+    v & !(PAGE_BYTES - 1)
+}
+pub fn align_up(v: u64) -> u64 {
+    align_down(v + PAGE_BYTES - 1)
+}
+
+pub fn log_file_name(base_offset: i64) -> String {
+    format!("{base_offset:020}.log")
+}
+
+/// Filled pages ready to be written at `position`.
+pub struct PendingWrite {
+    pub file: Rc<DmaFile>,
+    pub buffer: DmaBuffer,
+    pub position: u64,
+    /// Logical segment size covered once this write completes.
+    pub end: u64,
+}
+
+pub struct Segment {
+    pub base_offset: i64,
+    /// Offset after the last batch appended here.
+    pub next_offset: i64,
+    pub path: PathBuf,
+    pub file: Rc<DmaFile>,
+    /// Logical bytes of batches appended (some maybe only in the buffer).
+    pub size: u64,
+    /// Bytes on the device (written, not necessarily synced).
+    pub written: u64,
+    pub index: SegmentIndex,
+    pub max_timestamp: i64,
+    pub offset_of_max_timestamp: i64,
+    bytes_since_index: u64,
+    buf: Option<DmaBuffer>,
+    buf_len: usize,
+    buf_pos: u64,
+    /// The partial last page while no buffer is allocated.
+    tail: Vec<u8>,
+    allocated: u64,
+}
+
+async fn open_dma(path: &Path, create: bool) -> Result<DmaFile, LogError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .dma_open(path)
+        .await
+        .map_err(|e| LogError::io("open", path, e))
+}
+
+impl Segment {
+    /// Creates an empty segment file.
+    pub async fn create(dir: &Path, base_offset: i64) -> Result<Segment, LogError> {
+        let path = dir.join(log_file_name(base_offset));
+        let file = open_dma(&path, true).await?;
+        file.truncate(0)
+            .await
+            .map_err(|e| LogError::io("truncate", &path, e))?;
+        Ok(Segment::new(path, Rc::new(file), base_offset))
+    }
+
+    /// Opens an existing segment file for recovery; the caller scans it and
+    /// then calls `recovered` with the valid length.
+    pub async fn open(path: PathBuf, base_offset: i64) -> Result<Segment, LogError> {
+        let file = open_dma(&path, false).await?;
+        Ok(Segment::new(path, Rc::new(file), base_offset))
+    }
+
+    fn new(path: PathBuf, file: Rc<DmaFile>, base_offset: i64) -> Segment {
+        Segment {
+            base_offset,
+            next_offset: base_offset,
+            path,
+            file,
+            size: 0,
+            written: 0,
+            index: SegmentIndex::default(),
+            max_timestamp: -1,
+            offset_of_max_timestamp: -1,
+            bytes_since_index: 0,
+            buf: None,
+            buf_len: 0,
+            buf_pos: 0,
+            tail: Vec::new(),
+            allocated: 0,
+        }
+    }
+
+    /// Records a batch found at `position` by recovery or appended now.
+    pub fn track_batch(
+        &mut self,
+        position: u64,
+        size: u64,
+        base: i64,
+        last: i64,
+        max_ts: i64,
+        interval: u64,
+    ) {
+        if self.bytes_since_index >= interval || self.index.offsets.is_empty() && position == 0 {
+            let ts = self.max_timestamp.max(max_ts);
+            self.index
+                .push((base - self.base_offset) as u32, position as u32, ts);
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += size;
+        if max_ts > self.max_timestamp {
+            self.max_timestamp = max_ts;
+            self.offset_of_max_timestamp = last;
+        }
+        self.next_offset = last + 1;
+    }
+
+    /// After recovery: the file holds `valid` good bytes; `tail` is the partial
+    /// last page of them, which the next write rewrites.
+    pub async fn recovered(&mut self, valid: u64, tail: Vec<u8>) -> Result<(), LogError> {
+        let on_disk = self
+            .file
+            .file_size()
+            .await
+            .map_err(|e| LogError::io("stat", &self.path, e))?;
+        if on_disk != valid {
+            self.file
+                .truncate(valid)
+                .await
+                .map_err(|e| LogError::io("truncate", &self.path, e))?;
+        }
+        debug_assert_eq!(tail.len() as u64, valid - align_down(valid));
+        self.size = valid;
+        self.written = valid;
+        self.buf_pos = align_down(valid);
+        self.tail = tail;
+        self.allocated = valid;
+        Ok(())
+    }
+
+    /// Room check for `append`.
+    pub fn has_room(&self, len: usize) -> bool {
+        match &self.buf {
+            None => true,
+            Some(b) => self.buf_len + len <= b.len(),
+        }
+    }
+
+    /// Copies a batch into the write-behind buffer. The caller checked
+    /// `has_room`; a fresh buffer is sized for whatever batch comes.
+    pub fn append(&mut self, batch: &[u8], buffer_bytes: usize) -> u64 {
+        if self.buf.is_none() {
+            let cap = buffer_bytes.max(align_up((self.tail.len() + batch.len()) as u64) as usize);
+            let mut buf = self.file.alloc_dma_buffer(cap);
+            buf.as_bytes_mut()[..self.tail.len()].copy_from_slice(&self.tail);
+            self.buf_len = self.tail.len();
+            self.buf = Some(buf);
+        }
+        let buf = self.buf.as_mut().expect("allocated above");
+        buf.as_bytes_mut()[self.buf_len..self.buf_len + batch.len()].copy_from_slice(batch);
+        self.buf_len += batch.len();
+        let position = self.size;
+        self.size += batch.len() as u64;
+        position
+    }
+
+    /// Takes the buffered pages for writing; `None` when the device is current.
+    pub fn take_write(&mut self) -> Option<PendingWrite> {
+        if self.written == self.size {
+            return None;
+        }
+        let mut buffer = self.buf.take().expect("unwritten bytes live in the buffer");
+        let len = self.buf_len;
+        let full = align_down(len as u64) as usize;
+        let padded = align_up(len as u64) as usize;
+        buffer.as_bytes_mut()[len..padded].fill(0);
+        self.tail = buffer.as_bytes()[full..len].to_vec();
+        buffer.trim_to_size(padded);
+        let position = self.buf_pos;
+        self.buf_pos += full as u64;
+        self.buf_len = 0;
+        Some(PendingWrite {
+            file: self.file.clone(),
+            buffer,
+            position,
+            end: self.size,
+        })
+    }
+
+    /// Space to reserve before writing up to `end`, if any.
+    pub fn preallocation_needed(&self, end: u64, enabled: bool) -> Option<u64> {
+        if !enabled || end <= self.allocated {
+            return None;
+        }
+        Some(align_up(end) + PREALLOCATE_STEP_BYTES)
+    }
+
+    pub fn allocated_to(&mut self, size: u64) {
+        self.allocated = size;
+    }
+
+    pub fn written_to(&mut self, end: u64) {
+        self.written = self.written.max(end);
+    }
+
+    /// Writes the index files next to the log (Kafka's names and formats).
+    pub async fn write_indexes(&self) -> Result<(), LogError> {
+        let stem = self.path.with_extension("");
+        let index = stem.with_extension("index");
+        let timeindex = stem.with_extension("timeindex");
+        write_file_direct(&index, &self.index.encode_offsets()).await?;
+        write_file_direct(&timeindex, &self.index.encode_times()).await
+    }
+
+    /// Trims preallocated space and padding so the file holds exactly the batches.
+    pub async fn trim(&self) -> Result<(), LogError> {
+        self.file
+            .truncate(self.size)
+            .await
+            .map_err(|e| LogError::io("truncate", &self.path, e))
+    }
+}
+
+/// Writes `bytes` as the whole content of `path` with O_DIRECT and fdatasync.
+pub async fn write_file_direct(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+    let file = open_dma(path, true).await?;
+    if !bytes.is_empty() {
+        let mut buf = file.alloc_dma_buffer(align_up(bytes.len() as u64) as usize);
+        buf.as_bytes_mut().fill(0);
+        buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+        file.write_at(buf, 0)
+            .await
+            .map_err(|e| LogError::io("write", path, e))?;
+    }
+    file.truncate(bytes.len() as u64)
+        .await
+        .map_err(|e| LogError::io("truncate", path, e))?;
+    file.fdatasync()
+        .await
+        .map_err(|e| LogError::io("fdatasync", path, e))?;
+    file.close()
+        .await
+        .map_err(|e| LogError::io("close", path, e))
+}

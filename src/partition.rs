@@ -1,0 +1,589 @@
+//! One partition: its log, high watermark, leader epoch, idempotent producer
+//! state, tail cache and the waiters of long-polling fetches.
+//!
+//! Runs only on its owner shard (one partition, one shard); other shards reach
+//! it through the shard mesh. Appends are serialized by `append_lock` (FIFO),
+//! so pipelined produce requests land in arrival order; disk I/O is serialized
+//! by `io_lock`. Neither is held across threads: both are shard-local.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::oneshot;
+use glommio::sync::Semaphore;
+use thiserror::Error;
+
+use crate::log::{read_batches, Log, LogConfig, LogError};
+use crate::producer_state::{ProducerStates, SequenceCheck};
+use crate::record::{self, BatchError, BatchHeader};
+
+#[derive(Debug, Error)]
+pub enum PartitionError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("storage failed earlier; partition refuses writes")]
+    Poisoned,
+    #[error("out of order sequence number")]
+    OutOfOrderSequence,
+    #[error("producer epoch is fenced")]
+    InvalidProducerEpoch,
+    #[error("offset {0} out of range")]
+    OffsetOutOfRange(i64),
+    #[error("partition is being deleted")]
+    Deleted,
+}
+
+/// Bytes of recent batches cached by all partitions of one shard.
+pub struct CacheBudget {
+    used: Cell<usize>,
+    limit: usize,
+}
+
+impl CacheBudget {
+    pub fn new(limit: usize) -> Rc<CacheBudget> {
+        Rc::new(CacheBudget {
+            used: Cell::new(0),
+            limit,
+        })
+    }
+}
+
+#[derive(Default)]
+struct BatchCache {
+    batches: VecDeque<(i64, i64, Bytes)>,
+}
+
+impl BatchCache {
+    fn insert(&mut self, base: i64, last: i64, bytes: Bytes, budget: &CacheBudget) {
+        budget.used.set(budget.used.get() + bytes.len());
+        self.batches.push_back((base, last, bytes));
+        while budget.used.get() > budget.limit {
+            let Some((_, _, b)) = self.batches.pop_front() else {
+                break;
+            };
+            budget.used.set(budget.used.get() - b.len());
+        }
+    }
+
+    fn clear(&mut self, budget: &CacheBudget) {
+        for (_, _, b) in self.batches.drain(..) {
+            budget.used.set(budget.used.get() - b.len());
+        }
+    }
+
+    /// Whole batches from the one holding `offset`, below `end`, about `max` bytes.
+    fn read(&self, offset: i64, end: i64, max: usize) -> Option<Bytes> {
+        let (front_base, _, _) = self.batches.front()?;
+        if *front_base > offset {
+            return None;
+        }
+        let start = self.batches.partition_point(|(_, last, _)| *last < offset);
+        let mut out = BytesMut::new();
+        for (base, _, b) in self.batches.iter().skip(start) {
+            if *base >= end || (!out.is_empty() && out.len() + b.len() > max) {
+                break;
+            }
+            out.extend_from_slice(b);
+        }
+        Some(out.freeze())
+    }
+}
+
+/// Result of a successful produce to one partition.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+/// Records read for a fetch plus the partition's offsets at that time.
+#[derive(Debug, Clone)]
+pub struct FetchedData {
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+pub struct Partition {
+    pub topic: String,
+    pub index: i32,
+    pub leader_epoch: i32,
+    pub dir: PathBuf,
+    log: RefCell<Log>,
+    append_lock: Semaphore,
+    io_lock: Semaphore,
+    high_watermark: Cell<i64>,
+    synced: Cell<bool>,
+    producers: RefCell<ProducerStates>,
+    durable_waiters: RefCell<VecDeque<(i64, oneshot::Sender<bool>)>>,
+    data_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    poisoned: Cell<bool>,
+    deleted: Cell<bool>,
+    cache: RefCell<BatchCache>,
+    budget: Rc<CacheBudget>,
+    dirty: Cell<bool>,
+    max_batch_bytes: usize,
+    /// Flush policy group commit: the high watermark (and acks) move only
+    /// after an fdatasync; otherwise after the write.
+    group_commit: bool,
+}
+
+/// Limit of producer ids remembered per partition.
+pub const MAX_PRODUCERS: usize = crate::config::DEFAULT_MAX_PRODUCERS_PER_PARTITION;
+
+impl Partition {
+    /// Opens or creates the partition in `<data-dir>/<topic>-<index>`,
+    /// recovering its log and rebuilding producer state.
+    pub async fn open(
+        data_dir: &std::path::Path,
+        topic: &str,
+        index: i32,
+        config: LogConfig,
+        budget: Rc<CacheBudget>,
+        group_commit: bool,
+    ) -> Result<Rc<Partition>, PartitionError> {
+        let dir = data_dir.join(format!("{topic}-{index}"));
+        let fresh = !dir.exists();
+        let mut producers = ProducerStates::new(MAX_PRODUCERS);
+        let max_batch_bytes = config.max_batch_bytes;
+        let log = Log::open(dir.clone(), config, |h| producers.record(h)).await?;
+        if fresh {
+            write_leader_epoch_checkpoint(&dir).map_err(|e| LogError::io("write", &dir, e))?;
+        }
+        let leo = log.log_end_offset();
+        Ok(Rc::new(Partition {
+            topic: topic.to_string(),
+            index,
+            leader_epoch: 0,
+            dir,
+            log: RefCell::new(log),
+            append_lock: Semaphore::new(1),
+            io_lock: Semaphore::new(1),
+            high_watermark: Cell::new(leo),
+            synced: Cell::new(true),
+            producers: RefCell::new(producers),
+            durable_waiters: RefCell::new(VecDeque::new()),
+            data_waiters: RefCell::new(Vec::new()),
+            poisoned: Cell::new(false),
+            deleted: Cell::new(false),
+            cache: RefCell::new(BatchCache::default()),
+            budget,
+            dirty: Cell::new(false),
+            max_batch_bytes,
+            group_commit,
+        }))
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.get()
+    }
+    pub fn log_end_offset(&self) -> i64 {
+        self.log.borrow().log_end_offset()
+    }
+    pub fn log_start_offset(&self) -> i64 {
+        self.log.borrow().log_start_offset
+    }
+    pub fn max_timestamp(&self) -> (i64, i64) {
+        self.log.borrow().max_timestamp()
+    }
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.get()
+    }
+
+    /// Validates, de-duplicates and appends the batches of one produce, then
+    /// (unless `acks == 0`) waits until the flusher made them durable.
+    /// `mark_dirty` tells the shard's flusher this partition has new data.
+    pub async fn produce(
+        self: &Rc<Self>,
+        records: Bytes,
+        wait: bool,
+        mark_dirty: impl FnOnce(Rc<Partition>),
+    ) -> Result<Appended, PartitionError> {
+        if self.poisoned.get() {
+            return Err(PartitionError::Poisoned);
+        }
+        let sizes = record::split_batches(&records, self.max_batch_bytes)?;
+        let _permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| PartitionError::Deleted)?;
+        if self.deleted.get() {
+            return Err(PartitionError::Deleted);
+        }
+        let mut batch_bytes = BytesMut::from(&records[..]);
+        let mut first_base = None;
+        let mut last_offset = None;
+        let mut at = 0;
+        for size in sizes {
+            let batch = batch_bytes.split_to(size);
+            at += size;
+            let header = BatchHeader::parse(&batch)?;
+            if header.producer_id() >= 0 {
+                match self.producers.borrow().check(&header) {
+                    SequenceCheck::Append => {}
+                    SequenceCheck::Duplicate { base_offset } => {
+                        first_base.get_or_insert(base_offset);
+                        continue;
+                    }
+                    SequenceCheck::OutOfOrder => return Err(PartitionError::OutOfOrderSequence),
+                    SequenceCheck::InvalidEpoch => {
+                        return Err(PartitionError::InvalidProducerEpoch)
+                    }
+                }
+            }
+            let (base, last) = self.append_one(batch).await?;
+            first_base.get_or_insert(base);
+            last_offset = Some(last);
+        }
+        debug_assert_eq!(at, records.len());
+        drop(_permit);
+        let base_offset = first_base.expect("at least one batch");
+        if let Some(last) = last_offset {
+            let waiter = wait.then(|| self.register_durable(last + 1));
+            if !self.dirty.replace(true) {
+                mark_dirty(self.clone());
+            }
+            if let Some(rx) = waiter {
+                let ok = rx.await.unwrap_or(false);
+                if !ok {
+                    return Err(PartitionError::Poisoned);
+                }
+            }
+        } else if wait {
+            // Every batch was a duplicate: answer once the originals are durable.
+            let hw_target = self.log_end_offset();
+            if self.high_watermark.get() < hw_target {
+                let rx = self.register_durable(hw_target);
+                if !self.dirty.replace(true) {
+                    mark_dirty(self.clone());
+                }
+                if !rx.await.unwrap_or(false) {
+                    return Err(PartitionError::Poisoned);
+                }
+            }
+        }
+        Ok(Appended {
+            base_offset,
+            log_start_offset: self.log_start_offset(),
+        })
+    }
+
+    fn register_durable(&self, end_offset: i64) -> oneshot::Receiver<bool> {
+        let (tx, rx) = oneshot::channel();
+        if self.high_watermark.get() >= end_offset {
+            let _ = tx.send(true);
+        } else {
+            self.durable_waiters
+                .borrow_mut()
+                .push_back((end_offset, tx));
+        }
+        rx
+    }
+
+    /// Assigns offsets to one batch and copies it into the log, making room
+    /// first (slow cases: roll, full write buffer).
+    async fn append_one(
+        self: &Rc<Self>,
+        mut batch: BytesMut,
+    ) -> Result<(i64, i64), PartitionError> {
+        loop {
+            let (roll, room) = {
+                let log = self.log.borrow();
+                (
+                    log.needs_roll(batch.len()),
+                    log.active().has_room(batch.len()),
+                )
+            };
+            if roll {
+                self.roll().await?;
+            } else if !room {
+                self.write_out(false).await?;
+            } else {
+                break;
+            }
+        }
+        let mut log = self.log.borrow_mut();
+        let base = log.log_end_offset();
+        record::assign_offsets(&mut batch, base, self.leader_epoch);
+        let header = BatchHeader::parse(&batch)?;
+        let last = header.last_offset();
+        self.producers.borrow_mut().record(&header);
+        log.append(&batch);
+        drop(log);
+        self.cache
+            .borrow_mut()
+            .insert(base, last, batch.freeze(), &self.budget);
+        Ok((base, last))
+    }
+
+    /// Writes buffered pages to the device and, with `sync`, fdatasyncs; then
+    /// advances the high watermark over what is now durable and wakes waiters.
+    /// Any I/O error poisons the partition: acks stop, nothing is retried.
+    pub async fn write_out(self: &Rc<Self>, sync: bool) -> Result<(), PartitionError> {
+        let _io = self
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| PartitionError::Deleted)?;
+        self.dirty.set(false);
+        if self.poisoned.get() {
+            return Err(PartitionError::Poisoned);
+        }
+        let end_offset = self.log.borrow().log_end_offset();
+        let result = self.write_and_sync(sync).await;
+        match result {
+            Ok(()) => {
+                if sync || !self.group_commit {
+                    self.advance_high_watermark(end_offset);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(topic = %self.topic, partition = self.index, error = %e, "storage error; partition poisoned");
+                self.poison();
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_and_sync(&self, sync: bool) -> Result<(), PartitionError> {
+        let (pending, prealloc, base) = {
+            let mut log = self.log.borrow_mut();
+            let preallocate = log.config.preallocate;
+            let seg = log.active_mut();
+            let base = seg.base_offset;
+            let pending = seg.take_write();
+            let prealloc = pending.as_ref().and_then(|p| {
+                seg.preallocation_needed(p.position + p.buffer.len() as u64, preallocate)
+            });
+            (pending, prealloc, base)
+        };
+        if let Some(p) = pending {
+            let path = self.log.borrow().active().path.clone();
+            if let Some(size) = prealloc {
+                if p.file.pre_allocate(size, true).await.is_ok() {
+                    if let Some(seg) = self.log.borrow_mut().segment_mut(base) {
+                        seg.allocated_to(size);
+                    }
+                }
+            }
+            p.file
+                .write_at(p.buffer, p.position)
+                .await
+                .map_err(|e| LogError::io("write", &path, e))?;
+            if let Some(seg) = self.log.borrow_mut().segment_mut(base) {
+                seg.written_to(p.end);
+            }
+            self.synced.set(false);
+        }
+        if sync && !self.synced.get() {
+            let (file, path) = {
+                let log = self.log.borrow();
+                (log.active().file.clone(), log.active().path.clone())
+            };
+            file.fdatasync()
+                .await
+                .map_err(|e| LogError::io("fdatasync", &path, e))?;
+            self.synced.set(true);
+        }
+        Ok(())
+    }
+
+    fn advance_high_watermark(&self, end_offset: i64) {
+        if end_offset <= self.high_watermark.get() {
+            return;
+        }
+        self.high_watermark.set(end_offset);
+        let mut waiters = self.durable_waiters.borrow_mut();
+        while waiters.front().is_some_and(|(o, _)| *o <= end_offset) {
+            let (_, tx) = waiters.pop_front().expect("checked");
+            let _ = tx.send(true);
+        }
+        drop(waiters);
+        for tx in self.data_waiters.borrow_mut().drain(..) {
+            let _ = tx.send(());
+        }
+    }
+
+    fn poison(&self) {
+        self.poisoned.set(true);
+        for (_, tx) in self.durable_waiters.borrow_mut().drain(..) {
+            let _ = tx.send(false);
+        }
+    }
+
+    /// Seals the active segment (written, synced, trimmed, indexes on disk)
+    /// and starts a new one at the log end offset.
+    async fn roll(self: &Rc<Self>) -> Result<(), PartitionError> {
+        self.write_out(true).await?;
+        let _io = self
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| PartitionError::Deleted)?;
+        let result = async {
+            let (dir, next) = {
+                let log = self.log.borrow();
+                (log.dir.clone(), log.log_end_offset())
+            };
+            let sealed_base = self.log.borrow().active().base_offset;
+            {
+                let log = self.log.borrow();
+                let seg = log.active();
+                seg.trim().await?;
+                seg.write_indexes().await?;
+            }
+            let seg = crate::log::segment::Segment::create(&dir, next).await?;
+            tracing::debug!(topic = %self.topic, partition = self.index, sealed_base, next, "rolled segment");
+            self.log.borrow_mut().segments.push(seg);
+            Ok::<(), LogError>(())
+        }
+        .await;
+        result.map_err(|e| {
+            self.poison();
+            PartitionError::Log(e)
+        })
+    }
+
+    /// Reads batches from `offset` for a fetch, bounded by the high watermark.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<FetchedData, PartitionError> {
+        let hw = self.high_watermark.get();
+        let start = self.log_start_offset();
+        let leo = self.log_end_offset();
+        let data = |records| FetchedData {
+            records,
+            high_watermark: hw,
+            log_start_offset: start,
+        };
+        if offset < start || offset > leo {
+            return Err(PartitionError::OffsetOutOfRange(offset));
+        }
+        if offset >= hw {
+            return Ok(data(Bytes::new()));
+        }
+        if let Some(b) = self.cache.borrow().read(offset, hw, max_bytes) {
+            return Ok(data(b));
+        }
+        let mut cursor = offset;
+        loop {
+            let Some(plan) = self.log.borrow().locate(cursor) else {
+                return Ok(data(Bytes::new()));
+            };
+            let bytes = read_batches(&plan, cursor, hw, max_bytes).await?;
+            match (bytes.is_empty(), plan.next_segment) {
+                (true, Some(next)) if next < hw => cursor = next.max(cursor),
+                _ => return Ok(data(bytes)),
+            }
+        }
+    }
+
+    /// Resolves when the high watermark passes `offset`, or after `timeout`.
+    pub async fn wait_for_data(&self, offset: i64, timeout: Duration) {
+        if self.high_watermark.get() > offset || self.deleted.get() {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.data_waiters.borrow_mut().push(tx);
+        let timer = glommio::timer::sleep(timeout);
+        futures::pin_mut!(timer);
+        let _ = futures::future::select(rx, timer).await;
+    }
+
+    /// First offset whose record timestamp is at or after `timestamp`.
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<(i64, i64)>, PartitionError> {
+        let hw = self.high_watermark.get();
+        let Some((mut cursor, _)) = self.log.borrow().locate_time(timestamp) else {
+            return Ok(None);
+        };
+        while cursor < hw {
+            let Some(plan) = self.log.borrow().locate(cursor) else {
+                return Ok(None);
+            };
+            let bytes = read_batches(&plan, cursor, hw, 1024 * 1024).await?;
+            if bytes.is_empty() {
+                match plan.next_segment {
+                    Some(next) if next > cursor => {
+                        cursor = next;
+                        continue;
+                    }
+                    _ => return Ok(None),
+                }
+            }
+            let mut rest = bytes.clone();
+            while rest.len() >= record::BATCH_HEADER_BYTES {
+                let (size, max_ts, last) = {
+                    let h = BatchHeader::parse(&rest)?;
+                    (
+                        h.total_size().min(rest.len()),
+                        h.max_timestamp(),
+                        h.last_offset(),
+                    )
+                };
+                let batch = rest.split_to(size);
+                if max_ts >= timestamp {
+                    let positions = record::record_positions(&batch)?;
+                    if let Some(p) = positions
+                        .iter()
+                        .find(|p| p.timestamp >= timestamp && p.offset >= cursor)
+                    {
+                        return Ok(Some((p.offset, p.timestamp)));
+                    }
+                }
+                cursor = last + 1;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Clean shutdown: everything written and synced, active segment trimmed,
+    /// its indexes on disk.
+    pub async fn close(self: &Rc<Self>) -> Result<(), PartitionError> {
+        let _append = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| PartitionError::Deleted)?;
+        self.write_out(true).await?;
+        let _io = self
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| PartitionError::Deleted)?;
+        let log = self.log.borrow();
+        let seg = log.active();
+        seg.trim().await?;
+        seg.write_indexes().await?;
+        Ok(())
+    }
+
+    /// Topic deletion: refuse further work, wake waiters, drop the cache.
+    pub fn mark_deleted(&self) {
+        self.deleted.set(true);
+        self.append_lock.close();
+        self.io_lock.close();
+        self.poison();
+        for tx in self.data_waiters.borrow_mut().drain(..) {
+            let _ = tx.send(());
+        }
+        self.cache.borrow_mut().clear(&self.budget);
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.get()
+    }
+}
+
+/// Kafka's `leader-epoch-checkpoint`: version 0, one entry, epoch 0 from offset 0.
+fn write_leader_epoch_checkpoint(dir: &std::path::Path) -> std::io::Result<()> {
+    crate::cluster::write_atomically(&dir.join("leader-epoch-checkpoint"), b"0\n1\n0 0\n")
+}

@@ -1,0 +1,110 @@
+//! DescribeConfigs (key 32), v1-4: topic configs (Kafka's defaults plus the
+//! values given at creation) and the broker's own settings.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsRequest;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
+};
+use kafka_protocol::ResponseError;
+
+use super::str_bytes;
+use crate::cluster::default_topic_configs;
+use crate::shard::Shard;
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+fn entry(name: &str, value: &str, source: i8) -> DescribeConfigsResourceResult {
+    DescribeConfigsResourceResult::default()
+        .with_name(str_bytes(name))
+        .with_value(Some(str_bytes(value)))
+        .with_config_source(source)
+        .with_read_only(source == SOURCE_STATIC_BROKER)
+}
+
+fn topic_configs(
+    shard: &Shard,
+    name: &str,
+) -> Result<Vec<DescribeConfigsResourceResult>, ResponseError> {
+    let table = shard.topics();
+    let meta = table
+        .get(name)
+        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    let mut out: Vec<_> = default_topic_configs(shard.config.segment_bytes)
+        .into_iter()
+        .map(|(k, v)| match meta.configs.get(k) {
+            Some(set) => entry(k, set, SOURCE_DYNAMIC_TOPIC),
+            None => entry(k, &v, SOURCE_DEFAULT),
+        })
+        .collect();
+    for (k, v) in &meta.configs {
+        if !out.iter().any(|e| e.name.as_str() == k) {
+            out.push(entry(k, v, SOURCE_DYNAMIC_TOPIC));
+        }
+    }
+    Ok(out)
+}
+
+fn broker_configs(shard: &Shard) -> Vec<DescribeConfigsResourceResult> {
+    let c = &shard.config;
+    [
+        ("node.id", c.node_id.to_string()),
+        ("broker.id", c.node_id.to_string()),
+        ("log.dirs", c.data_dir.display().to_string()),
+        ("num.partitions", c.default_partitions.to_string()),
+        (
+            "auto.create.topics.enable",
+            c.auto_create_topics.to_string(),
+        ),
+        ("message.max.bytes", c.max_message_bytes.to_string()),
+        ("socket.request.max.bytes", c.max_request_bytes.to_string()),
+        ("log.segment.bytes", c.segment_bytes.to_string()),
+        ("default.replication.factor", "1".to_string()),
+        ("offsets.topic.replication.factor", "1".to_string()),
+    ]
+    .iter()
+    .map(|(k, v)| entry(k, v, SOURCE_STATIC_BROKER))
+    .collect()
+}
+
+pub fn describe(
+    shard: &Rc<Shard>,
+    req: DescribeConfigsRequest,
+    _version: i16,
+) -> DescribeConfigsResponse {
+    let results = req
+        .resources
+        .into_iter()
+        .map(|r| {
+            let name = r.resource_name.to_string();
+            let configs = match r.resource_type {
+                RESOURCE_TOPIC => topic_configs(shard, &name),
+                RESOURCE_BROKER if name.is_empty() || name == shard.config.node_id.to_string() => {
+                    Ok(broker_configs(shard))
+                }
+                RESOURCE_BROKER => Err(ResponseError::InvalidRequest),
+                _ => Err(ResponseError::InvalidRequest),
+            };
+            let base = DescribeConfigsResult::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name.clone());
+            match configs {
+                Ok(mut c) => {
+                    if let Some(keys) = &r.configuration_keys {
+                        c.retain(|e| keys.iter().any(|k| k.as_str() == e.name.as_str()));
+                    }
+                    base.with_configs(c)
+                }
+                Err(e) => base
+                    .with_error_code(e.code())
+                    .with_error_message(Some(str_bytes(&e.to_string()))),
+            }
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}

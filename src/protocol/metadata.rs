@@ -1,0 +1,109 @@
+//! Metadata (key 3), v0-12: this broker, its topics and their partitions
+//! (single node: leader and only replica of everything). Auto-creates
+//! requested topics when allowed.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::metadata_request::MetadataRequest;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, TopicName};
+use kafka_protocol::ResponseError;
+
+use super::{str_bytes, topics};
+use crate::cluster::{valid_topic_name, TopicMeta};
+use crate::shard::Shard;
+
+pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let node = BrokerId(shard.config.node_id);
+    let (host, port) = shard.config.advertised();
+    let mut response = MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(node)
+            .with_host(str_bytes(&host))
+            .with_port(port)])
+        .with_cluster_id(Some(str_bytes(&shard.config.cluster_id)))
+        .with_controller_id(node);
+    // v0: an empty list means all topics; v1+: null means all topics.
+    let requested: Option<Vec<_>> = match req.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(t),
+    };
+    let Some(requested) = requested else {
+        let table = shard.topics();
+        response.topics = table
+            .topics
+            .values()
+            .map(|t| topic_entry(t, node))
+            .collect();
+        return response;
+    };
+    let auto_create =
+        shard.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    for t in requested {
+        let name = match (&t.name, t.topic_id.is_nil()) {
+            (Some(n), _) => n.0.to_string(),
+            (None, false) => match shard.topics().by_id(&t.topic_id) {
+                Some(meta) => meta.name.clone(),
+                None => {
+                    response.topics.push(error_topic(
+                        None,
+                        t.topic_id,
+                        ResponseError::UnknownTopicId,
+                    ));
+                    continue;
+                }
+            },
+            (None, true) => continue,
+        };
+        if !valid_topic_name(&name) {
+            response.topics.push(error_topic(
+                Some(&name),
+                t.topic_id,
+                ResponseError::InvalidTopicException,
+            ));
+            continue;
+        }
+        let mut meta = shard.topics().get(&name).cloned();
+        if meta.is_none() && auto_create {
+            meta = topics::auto_create(shard, &name).await.ok();
+        }
+        match meta {
+            Some(m) => response.topics.push(topic_entry(&m, node)),
+            None => response.topics.push(error_topic(
+                Some(&name),
+                t.topic_id,
+                ResponseError::UnknownTopicOrPartition,
+            )),
+        }
+    }
+    response
+}
+
+fn error_topic(name: Option<&str>, id: uuid::Uuid, error: ResponseError) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_error_code(error.code())
+        .with_name(name.map(|n| TopicName(str_bytes(n))))
+        .with_topic_id(id)
+}
+
+fn topic_entry(t: &TopicMeta, node: BrokerId) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(str_bytes(&t.name))))
+        .with_topic_id(t.id)
+        .with_is_internal(t.internal)
+        .with_partitions(
+            (0..t.partitions)
+                .map(|p| {
+                    MetadataResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_leader_id(node)
+                        .with_leader_epoch(0)
+                        .with_replica_nodes(vec![node])
+                        .with_isr_nodes(vec![node])
+                })
+                .collect(),
+        )
+}

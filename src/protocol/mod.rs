@@ -1,0 +1,193 @@
+//! Kafka protocol: frame decoding, dispatch per API key with the version
+//! ranges this broker serves, response encoding, and the one place where
+//! internal errors become Kafka error codes. No I/O here: handlers call into
+//! shards and partitions.
+
+mod api_versions;
+mod configs;
+mod fetch;
+mod leader_epoch;
+mod list_offsets;
+mod metadata;
+mod produce;
+mod producer_id;
+mod topics;
+
+use std::rc::Rc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::ResponseError;
+use thiserror::Error;
+
+use crate::partition::PartitionError;
+use crate::record::BatchError;
+use crate::shard::Shard;
+
+/// API keys served, with the version range for each. Lower bounds are the
+/// codec's; upper bounds are the newest versions whose semantics are built.
+pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 12),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+];
+
+pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED_APIS
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+#[derive(Debug, Error)]
+pub enum ProtocolError {
+    #[error("unknown API key {0}")]
+    UnknownApiKey(i16),
+    #[error("API {0:?} version {1} is not supported")]
+    UnsupportedVersion(ApiKey, i16),
+    #[error("malformed {0:?} request: {1}")]
+    Malformed(ApiKey, String),
+}
+
+/// A request read off a connection, decoded on the connection's shard.
+pub struct Decoded {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    /// None for an ApiVersions request of a version this broker doesn't know:
+    /// it is answered with a v0 body and UNSUPPORTED_VERSION.
+    pub request: Option<RequestKind>,
+}
+
+/// Decodes one request frame (without its length prefix). An error closes
+/// the connection, as Kafka does.
+pub fn decode(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api_key = ApiKey::try_from(raw_key).map_err(|_| ProtocolError::UnknownApiKey(raw_key))?;
+    let Some((min, max)) = supported_range(api_key) else {
+        return Err(ProtocolError::UnsupportedVersion(api_key, version));
+    };
+    let malformed = |e: anyhow::Error| ProtocolError::Malformed(api_key, e.to_string());
+    if api_key == ApiKey::ApiVersions && !(min..=max).contains(&version) {
+        // Kafka parses the header of an unknown ApiVersions version as v1
+        // (no tagged fields) so it can answer with its supported versions.
+        let header = RequestHeader::decode(&mut frame, 1).map_err(malformed)?;
+        return Ok(Decoded {
+            api_key,
+            version,
+            header,
+            request: None,
+        });
+    }
+    if !(min..=max).contains(&version) {
+        return Err(ProtocolError::UnsupportedVersion(api_key, version));
+    }
+    let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
+        .map_err(malformed)?;
+    let request = RequestKind::decode(api_key, &mut frame, version).map_err(malformed)?;
+    Ok(Decoded {
+        api_key,
+        version,
+        header,
+        request: Some(request),
+    })
+}
+
+/// Serves one request; `None` means no response (produce with acks=0).
+/// The returned buffer starts with 4 bytes reserved for the frame length.
+pub async fn handle(shard: Rc<Shard>, d: Decoded) -> Option<BytesMut> {
+    let (response, version) = match d.request {
+        None => (ResponseKind::ApiVersions(api_versions::unsupported()), 0),
+        Some(request) => (dispatch(&shard, request, d.version).await?, d.version),
+    };
+    encode_response(d.api_key, version, d.header.correlation_id, &response)
+}
+
+async fn dispatch(shard: &Rc<Shard>, request: RequestKind, v: i16) -> Option<ResponseKind> {
+    Some(match request {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle(v)),
+        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(shard, r, v).await),
+        RequestKind::Produce(r) => ResponseKind::Produce(produce::handle(shard, r, v).await?),
+        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(shard, r, v).await),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(list_offsets::handle(shard, r, v).await)
+        }
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(topics::create(shard, r, v).await)
+        }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(topics::delete(shard, r, v).await)
+        }
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(topics::create_partitions(shard, r, v).await)
+        }
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(configs::describe(shard, r, v))
+        }
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(producer_id::handle(shard, r, v).await)
+        }
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            ResponseKind::OffsetForLeaderEpoch(leader_epoch::handle(shard, r, v).await)
+        }
+        other => {
+            tracing::warn!(request = ?std::mem::discriminant(&other), "request without handler");
+            return None;
+        }
+    })
+}
+
+fn encode_response(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    response: &ResponseKind,
+) -> Option<BytesMut> {
+    let mut out = BytesMut::with_capacity(256);
+    out.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = if api_key == ApiKey::ApiVersions {
+        0
+    } else {
+        api_key.response_header_version(version)
+    };
+    if let Err(e) = header
+        .encode(&mut out, header_version)
+        .and_then(|_| response.encode(&mut out, version))
+    {
+        tracing::error!(?api_key, version, error = %e, "encoding response");
+        return None;
+    }
+    Some(out)
+}
+
+/// Maps a partition-level error to its Kafka error code.
+pub fn partition_error_code(e: &PartitionError) -> ResponseError {
+    match e {
+        PartitionError::Batch(BatchError::BadCrc { .. }) => ResponseError::CorruptMessage,
+        PartitionError::Batch(BatchError::TooLarge(_)) => ResponseError::MessageTooLarge,
+        PartitionError::Batch(_) => ResponseError::InvalidRecord,
+        PartitionError::Log(crate::log::LogError::OffsetOutOfRange(_)) => {
+            ResponseError::OffsetOutOfRange
+        }
+        PartitionError::Log(_) | PartitionError::Poisoned => ResponseError::KafkaStorageError,
+        PartitionError::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber,
+        PartitionError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch,
+        PartitionError::OffsetOutOfRange(_) => ResponseError::OffsetOutOfRange,
+        PartitionError::Deleted => ResponseError::UnknownTopicOrPartition,
+    }
+}
+
+pub fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}

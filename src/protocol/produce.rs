@@ -1,0 +1,105 @@
+//! Produce (key 0), v3-12: route each partition's records to its owner
+//! shard, append there, answer once durable (acks=1/all), or not at all (acks=0).
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::produce_request::ProduceRequest;
+use kafka_protocol::messages::produce_response::{
+    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::ResponseError;
+
+use super::partition_error_code;
+use crate::partition::Appended;
+use crate::shard::Shard;
+
+type PartitionResult = Result<Appended, ResponseError>;
+
+/// Appends on the owner shard. Runs there.
+async fn produce_on_owner(
+    shard: Rc<Shard>,
+    topic: String,
+    index: i32,
+    records: bytes::Bytes,
+    wait: bool,
+) -> PartitionResult {
+    let Some(partition) = shard.partition(&topic, index) else {
+        return Err(ResponseError::UnknownTopicOrPartition);
+    };
+    let s = shard.clone();
+    partition
+        .produce(records, wait, move |p| s.mark_dirty(p))
+        .await
+        .map_err(|e| {
+            tracing::debug!(topic, index, error = %e, "produce refused");
+            partition_error_code(&e)
+        })
+}
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    req: ProduceRequest,
+    _version: i16,
+) -> Option<ProduceResponse> {
+    let acks = req.acks;
+    let wait = acks != 0;
+    let table = shard.topics();
+    let mut topics = Vec::with_capacity(req.topic_data.len());
+    let mut pending = Vec::new();
+    for t in req.topic_data {
+        let name = t.name.0.to_string();
+        let meta = table.get(&name);
+        let mut parts = Vec::with_capacity(t.partition_data.len());
+        for p in t.partition_data {
+            let response = PartitionProduceResponse::default()
+                .with_index(p.index)
+                .with_base_offset(-1)
+                .with_log_append_time_ms(-1)
+                .with_log_start_offset(-1);
+            let early = if !matches!(acks, -1..=1) {
+                Some(ResponseError::InvalidRequiredAcks)
+            } else if meta.is_none_or(|m| p.index < 0 || p.index >= m.partitions) {
+                Some(ResponseError::UnknownTopicOrPartition)
+            } else if p.records.as_ref().is_none_or(|r| r.is_empty()) {
+                Some(ResponseError::InvalidRecord)
+            } else {
+                None
+            };
+            if early.is_none() {
+                let owner = shard.owner(&name, p.index);
+                let (topic, index, records) =
+                    (name.clone(), p.index, p.records.clone().expect("checked"));
+                pending.push((
+                    topics.len(),
+                    parts.len(),
+                    shard.invoke_on(owner, move |s| {
+                        produce_on_owner(s, topic, index, records, wait)
+                    }),
+                ));
+            }
+            parts.push(response.with_error_code(early.map_or(0, |e| e.code())));
+        }
+        topics.push(
+            TopicProduceResponse::default()
+                .with_name(t.name)
+                .with_partition_responses(parts),
+        );
+    }
+    let (slots, futures): (Vec<_>, Vec<_>) =
+        pending.into_iter().map(|(t, p, f)| ((t, p), f)).unzip();
+    let results = futures::future::join_all(futures).await;
+    if acks == 0 {
+        return None;
+    }
+    for ((t, p), result) in slots.into_iter().zip(results) {
+        let slot = &mut topics[t].partition_responses[p];
+        match result.unwrap_or(Err(ResponseError::BrokerNotAvailable)) {
+            Ok(a) => {
+                slot.base_offset = a.base_offset;
+                slot.log_start_offset = a.log_start_offset;
+            }
+            Err(e) => slot.error_code = e.code(),
+        }
+    }
+    Some(ProduceResponse::default().with_responses(topics))
+}

@@ -1,0 +1,354 @@
+//! A shard: one pinned glommio executor owning a subset of partitions, its
+//! copy of the topic table, its flusher and its end of the shard mesh.
+//!
+//! Each shard's state is touched only by its own thread. Work for another
+//! shard's partitions travels as a closure over the mesh (`invoke_on`), runs
+//! there, and its result comes back on a oneshot channel.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use kafka_protocol::ResponseError;
+use thiserror::Error;
+
+use crate::cluster::{owner_shard, TopicMeta, TopicTable};
+use crate::config::{Config, FlushPolicy};
+use crate::log::LogConfig;
+use crate::partition::{CacheBudget, Partition};
+
+/// Messages queued between any two shards before senders wait.
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+
+/// Work sent to another shard: runs there with that shard's state.
+pub type Job = Box<dyn FnOnce(Rc<Shard>) + Send>;
+
+#[derive(Debug, Error)]
+#[error("shard {0} is gone (shutting down)")]
+pub struct ShardGone(pub usize);
+
+pub type PartitionKey = (String, i32);
+
+pub struct Shard {
+    pub id: usize,
+    pub count: usize,
+    pub config: Rc<Config>,
+    topics: RefCell<Rc<TopicTable>>,
+    partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
+    senders: Senders<Job>,
+    budget: Rc<CacheBudget>,
+    dirty: RefCell<Vec<Rc<Partition>>>,
+    doorbell: LocalSender<()>,
+    doorbell_rx: RefCell<Option<LocalReceiver<()>>>,
+    /// Serializes topic table changes (used on shard 0, the controller).
+    metadata_lock: glommio::sync::Semaphore,
+    producer_ids: RefCell<ProducerIdBlock>,
+    pub in_flight: Cell<usize>,
+    pub shutting_down: Cell<bool>,
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        count: usize,
+        config: Rc<Config>,
+        table: TopicTable,
+        senders: Senders<Job>,
+    ) -> Rc<Shard> {
+        let (doorbell, rx) = local_channel::new_bounded(1);
+        let budget = CacheBudget::new(config.batch_cache_bytes);
+        Rc::new(Shard {
+            id,
+            count,
+            producer_ids: RefCell::new(ProducerIdBlock::new(config.data_dir.clone())),
+            config,
+            topics: RefCell::new(Rc::new(table)),
+            partitions: RefCell::new(HashMap::new()),
+            senders,
+            budget,
+            dirty: RefCell::new(Vec::new()),
+            doorbell,
+            doorbell_rx: RefCell::new(Some(rx)),
+            metadata_lock: glommio::sync::Semaphore::new(1),
+            in_flight: Cell::new(0),
+            shutting_down: Cell::new(false),
+        })
+    }
+
+    pub fn topics(&self) -> Rc<TopicTable> {
+        self.topics.borrow().clone()
+    }
+
+    pub fn owner(&self, topic: &str, partition: i32) -> usize {
+        owner_shard(topic, partition, self.count)
+    }
+
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    pub fn local_partitions(&self) -> Vec<Rc<Partition>> {
+        self.partitions.borrow().values().cloned().collect()
+    }
+
+    fn log_config(&self, topic: &TopicMeta) -> LogConfig {
+        let segment_bytes = topic
+            .configs
+            .get("segment.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(self.config.segment_bytes);
+        LogConfig {
+            segment_bytes,
+            index_interval_bytes: self.config.index_interval_bytes as u64,
+            write_buffer_bytes: self.config.write_buffer_bytes,
+            max_batch_bytes: self.config.max_message_bytes,
+            preallocate: self.config.preallocate,
+        }
+    }
+
+    /// Runs `f` on shard `target` and returns its result.
+    pub async fn invoke_on<T, F, Fut>(self: &Rc<Self>, target: usize, f: F) -> Result<T, ShardGone>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        if target == self.id {
+            return Ok(f(self.clone()).await);
+        }
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |shard: Rc<Shard>| {
+            glommio::spawn_local(async move {
+                let _ = tx.send(f(shard).await);
+            })
+            .detach();
+        });
+        self.senders
+            .send_to(target, job)
+            .await
+            .map_err(|_| ShardGone(target))?;
+        rx.await.map_err(|_| ShardGone(target))
+    }
+
+    /// Serves jobs sent by the other shards until they hang up.
+    pub fn start_mesh_receivers(self: &Rc<Self>, mut receivers: Receivers<Job>) {
+        for (_, stream) in receivers.streams() {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(job) = stream.recv().await {
+                    job(shard.clone());
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Tells the flusher `partition` has unwritten appends.
+    pub fn mark_dirty(&self, partition: Rc<Partition>) {
+        self.dirty.borrow_mut().push(partition);
+        let _ = self.doorbell.try_send(());
+    }
+
+    /// Group commit: each round writes and syncs every partition that got
+    /// appends since the previous round, all concurrently; appends arriving
+    /// meanwhile wait for the next round.
+    pub fn start_flusher(self: &Rc<Self>) {
+        let rx = self
+            .doorbell_rx
+            .borrow_mut()
+            .take()
+            .expect("flusher starts once");
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            let interval = Duration::from_millis(shard.config.flush_interval_ms);
+            let group_commit = shard.config.flush_policy == FlushPolicy::GroupCommit;
+            let mut last_sync = Instant::now();
+            while rx.recv().await.is_some() {
+                loop {
+                    let batch: Vec<Rc<Partition>> = std::mem::take(&mut *shard.dirty.borrow_mut());
+                    if batch.is_empty() {
+                        break;
+                    }
+                    let sync = group_commit || last_sync.elapsed() >= interval;
+                    if sync {
+                        last_sync = Instant::now();
+                    }
+                    futures::future::join_all(batch.iter().map(|p| p.write_out(sync))).await;
+                }
+            }
+        })
+        .detach();
+        if self.config.flush_policy == FlushPolicy::Interval {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                let interval = Duration::from_millis(shard.config.flush_interval_ms);
+                loop {
+                    glommio::timer::sleep(interval).await;
+                    let all = shard.local_partitions();
+                    futures::future::join_all(all.iter().map(|p| p.write_out(true))).await;
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Applies a new topic table: opens partitions this shard now owns,
+    /// deletes those whose topic is gone.
+    pub async fn apply_table(self: &Rc<Self>, table: TopicTable) -> Result<(), String> {
+        let table = Rc::new(table);
+        let old = self.topics.replace(table.clone());
+        let group_commit = self.config.flush_policy == FlushPolicy::GroupCommit;
+        for topic in table.topics.values() {
+            let recreated = old.get(&topic.name).is_some_and(|o| o.id != topic.id);
+            if recreated {
+                self.drop_topic(&topic.name).await;
+            }
+            for p in 0..topic.partitions {
+                if self.owner(&topic.name, p) != self.id || self.partition(&topic.name, p).is_some()
+                {
+                    continue;
+                }
+                let part = Partition::open(
+                    &self.config.data_dir,
+                    &topic.name,
+                    p,
+                    self.log_config(topic),
+                    self.budget.clone(),
+                    group_commit,
+                )
+                .await
+                .map_err(|e| format!("opening {}-{p}: {e}", topic.name))?;
+                self.partitions
+                    .borrow_mut()
+                    .insert((topic.name.clone(), p), part);
+            }
+        }
+        for name in old.topics.keys() {
+            if !table.topics.contains_key(name) {
+                self.drop_topic(name).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn drop_topic(&self, name: &str) {
+        let removed: Vec<Rc<Partition>> = {
+            let mut parts = self.partitions.borrow_mut();
+            let keys: Vec<PartitionKey> =
+                parts.keys().filter(|(t, _)| t == name).cloned().collect();
+            keys.iter().filter_map(|k| parts.remove(k)).collect()
+        };
+        for p in removed {
+            p.mark_deleted();
+            if let Err(e) = std::fs::remove_dir_all(&p.dir) {
+                tracing::warn!(dir = %p.dir.display(), error = %e, "removing deleted partition");
+            }
+        }
+    }
+
+    /// Controller (shard 0): changes the topic table with `change`, persists
+    /// it, and pushes it to every shard before answering.
+    pub async fn change_topics<R: Send + 'static>(
+        self: &Rc<Self>,
+        change: impl FnOnce(&mut TopicTable) -> Result<R, ResponseError> + Send + 'static,
+    ) -> Result<R, ResponseError> {
+        let result = self
+            .invoke_on(0, move |controller: Rc<Shard>| async move {
+                let _lock = controller.metadata_lock.acquire_permit(1).await;
+                let mut table = (*controller.topics()).clone();
+                let result = change(&mut table)?;
+                table.save(&controller.config.data_dir).map_err(|e| {
+                    tracing::error!(error = %e, "persisting topic table");
+                    ResponseError::KafkaStorageError
+                })?;
+                let mut pushes = Vec::new();
+                for s in 0..controller.count {
+                    let copy = table.clone();
+                    pushes.push(controller.invoke_on(s, move |shard: Rc<Shard>| async move {
+                        shard.apply_table(copy).await
+                    }));
+                }
+                for r in futures::future::join_all(pushes).await {
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "applying topic table");
+                            return Err(ResponseError::KafkaStorageError);
+                        }
+                        Err(_) => return Err(ResponseError::BrokerNotAvailable),
+                    }
+                }
+                Ok(result)
+            })
+            .await;
+        result.unwrap_or(Err(ResponseError::BrokerNotAvailable))
+    }
+
+    /// Controller: a new producer id, unique across restarts.
+    pub async fn allocate_producer_id(self: &Rc<Self>) -> Result<i64, ResponseError> {
+        self.invoke_on(0, |c: Rc<Shard>| async move {
+            c.producer_ids.borrow_mut().next()
+        })
+        .await
+        .unwrap_or(Err(ResponseError::BrokerNotAvailable))
+    }
+
+    /// Closes every local partition cleanly (written, synced, trimmed).
+    pub async fn close_partitions(&self) {
+        for p in self.local_partitions() {
+            if let Err(e) = p.close().await {
+                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "closing partition");
+            }
+        }
+    }
+}
+
+/// Producer ids are handed out from blocks whose end is persisted before use,
+/// so no id is given twice even across crashes.
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
+struct ProducerIdBlock {
+    path: PathBuf,
+    next: i64,
+    end: i64,
+}
+
+impl ProducerIdBlock {
+    fn new(data_dir: PathBuf) -> ProducerIdBlock {
+        let path = data_dir.join("producer-id-block");
+        let start = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        ProducerIdBlock {
+            path,
+            next: start,
+            end: start,
+        }
+    }
+
+    fn next(&mut self) -> Result<i64, ResponseError> {
+        if self.next == self.end {
+            let end = self.end + PRODUCER_ID_BLOCK_SIZE;
+            crate::cluster::write_atomically(&self.path, end.to_string().as_bytes()).map_err(
+                |e| {
+                    tracing::error!(error = %e, "persisting producer id block");
+                    ResponseError::KafkaStorageError
+                },
+            )?;
+            self.end = end;
+        }
+        let id = self.next;
+        self.next += 1;
+        Ok(id)
+    }
+}

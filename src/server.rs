@@ -41,7 +41,7 @@ async fn all_reach(counter: &AtomicUsize, count: usize) {
 }
 
 /// Lets io_uring register DMA memory beyond a low `ulimit -l` when allowed.
-fn raise_memlock() {
+pub fn raise_memlock() {
     let limit = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,

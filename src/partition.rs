@@ -587,3 +587,61 @@ impl Partition {
 fn write_leader_epoch_checkpoint(dir: &std::path::Path) -> std::io::Result<()> {
     crate::cluster::write_atomically(&dir.join("leader-epoch-checkpoint"), b"0\n1\n0 0\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::make_batch;
+    use kafka_protocol::records::Compression;
+
+    fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+        crate::server::raise_memlock();
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(crate::server::IO_MEMORY_BYTES)
+            .spawn(move || async move { f().await })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    fn config() -> LogConfig {
+        LogConfig {
+            segment_bytes: 1 << 20,
+            index_interval_bytes: 4096,
+            write_buffer_bytes: 64 * 1024,
+            max_batch_bytes: 1 << 20,
+            preallocate: true,
+        }
+    }
+
+    #[test]
+    fn produce_then_read_from_disk_without_cache() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            crate::log::probe_device(dir.path()).await.unwrap();
+            let p = Partition::open(dir.path(), "t", 0, config(), CacheBudget::new(0), true)
+                .await
+                .unwrap();
+            let flushes = Rc::new(RefCell::new(Vec::new()));
+            for i in 0..5 {
+                let f = flushes.clone();
+                let batch = make_batch(3, Compression::None, 0).freeze();
+                let produce = p.produce(batch, true, move |p| f.borrow_mut().push(p));
+                let flusher = async {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                    let dirty: Vec<_> = flushes.borrow_mut().drain(..).collect();
+                    for d in dirty {
+                        d.write_out(true).await.unwrap();
+                    }
+                };
+                let (appended, _) = futures::join!(produce, flusher);
+                assert_eq!(appended.unwrap().base_offset, i * 3);
+            }
+            assert_eq!(p.high_watermark(), 15);
+            let data = p.read(4, 1 << 20).await.unwrap();
+            let h = BatchHeader::parse(&data.records).unwrap();
+            assert_eq!(h.base_offset(), 3);
+            assert_eq!(p.offset_for_timestamp(1).await.unwrap(), Some((1, 1)));
+        });
+    }
+}

@@ -136,6 +136,7 @@ async fn shard_main(
     let id = senders.peer_id();
     let shard = Shard::new(id, count, Rc::new(config), TopicTable::default(), senders);
     shard.start_mesh_receivers(receivers);
+    crate::log::probe_device(&shard.config.data_dir).await?;
     shard
         .apply_table(table)
         .await

@@ -91,19 +91,44 @@ fn segment_bases(dir: &Path) -> Result<Vec<i64>, LogError> {
     Ok(bases)
 }
 
-/// Makes glommio learn whether the data directory's device supports polled
-/// I/O from a file that holds data. Its probe reads offset 0 of the first
-/// file opened; on an empty file that read "succeeds" without touching the
-/// device, and every later read would then fail with EOPNOTSUPP on devices
-/// without polling. Call once per shard before opening any segment.
+/// True when the block device under `path` has polled I/O queues enabled
+/// (`/sys/dev/block/MAJOR:0/queue/io_poll`).
+fn device_polls(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let major = libc::major(meta.dev());
+    std::fs::read_to_string(format!("/sys/dev/block/{major}:0/queue/io_poll"))
+        .is_ok_and(|s| s.trim() == "1")
+}
+
+/// Settles, for this shard's thread, whether glommio submits O_DIRECT I/O on
+/// the data directory's device to its polled ring. glommio decides by trying
+/// one polled read on the first file it opens and caches the answer per
+/// thread; on a device without poll queues that read can still succeed, and
+/// later reads then sit on a ring nobody polls while the executor is parked.
+/// The device's own `io_poll` setting decides instead: without poll queues,
+/// the probe is made on a write-only file, whose read fails with EBADF, which
+/// glommio records as "no polling". Call once per shard before opening any
+/// segment.
 pub async fn probe_device(data_dir: &Path) -> Result<(), LogError> {
     let path = data_dir.join(".io-probe");
-    std::fs::write(&path, vec![0u8; 2 * segment::PAGE_BYTES as usize]).map_err(|e| LogError::io("write", &path, e))?;
-    let file = DmaFile::open(&path).await.map_err(|e| LogError::io("open", &path, e))?;
-    let read = file.read_at(0, segment::PAGE_BYTES as usize).await;
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, &[1u8; 2 * segment::PAGE_BYTES as usize])?;
+        f.sync_all()
+    });
+    written.map_err(|e| LogError::io("write", &path, e))?;
+    let polls = device_polls(data_dir);
+    let file = glommio::io::OpenOptions::new()
+        .read(polls)
+        .write(!polls)
+        .dma_open(&path)
+        .await
+        .map_err(|e| LogError::io("open", &path, e))?;
     let _ = file.close().await;
     let _ = std::fs::remove_file(&path);
-    read.map(|_| ()).map_err(|e| LogError::io("read", &path, e))
+    Ok(())
 }
 
 impl Log {
@@ -403,7 +428,8 @@ mod tests {
                 flush(log).await;
                 let next = log.log_end_offset();
                 log.active().trim().await.unwrap();
-                log.segments.push(segment::Segment::create(&log.dir, next).await.unwrap());
+                log.segments
+                    .push(segment::Segment::create(&log.dir, next).await.unwrap());
             }
             if !log.active().has_room(batch.len()) {
                 flush(log).await;
@@ -425,7 +451,9 @@ mod tests {
         let mut offset = log.log_start_offset;
         let mut batches = 0;
         while let Some(plan) = log.locate(offset) {
-            let bytes = read_batches(&plan, offset, log.log_end_offset(), 1 << 20).await.unwrap();
+            let bytes = read_batches(&plan, offset, log.log_end_offset(), 1 << 20)
+                .await
+                .unwrap();
             if bytes.is_empty() {
                 match plan.next_segment {
                     Some(n) => {
@@ -452,16 +480,36 @@ mod tests {
         run(|| async {
             let dir = tempfile::tempdir().unwrap();
             probe_device(dir.path()).await.unwrap();
-            let mut log = Log::open(dir.path().join("t-0"), config(1 << 30), |_| {}).await.unwrap();
+            let mut log = Log::open(dir.path().join("t-0"), config(1 << 30), |_| {})
+                .await
+                .unwrap();
             append(&mut log, 200).await;
             assert_eq!(log.log_end_offset(), 2000);
             drop(log);
             let mut seen = 0;
-            let log = Log::open(dir.path().join("t-0"), config(1 << 30), |_| seen += 1).await.unwrap();
+            let log = Log::open(dir.path().join("t-0"), config(1 << 30), |_| seen += 1)
+                .await
+                .unwrap();
             assert_eq!(seen, 200);
             assert_eq!(log.log_end_offset(), 2000);
-            assert!(log.active().index.offsets.len() > 10, "sparse index rebuilt");
+            assert!(
+                log.active().index.offsets.len() > 10,
+                "sparse index rebuilt"
+            );
             assert_eq!(count_batches(&log).await, 200);
+        });
+    }
+
+    #[test]
+    fn reads_see_writes_on_the_live_handle() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            probe_device(dir.path()).await.unwrap();
+            let mut log = Log::open(dir.path().join("t-0"), config(1 << 30), |_| {})
+                .await
+                .unwrap();
+            append(&mut log, 20).await;
+            assert_eq!(count_batches(&log).await, 20);
         });
     }
 
@@ -471,7 +519,9 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             probe_device(dir.path()).await.unwrap();
             let path = dir.path().join("t-0");
-            let mut log = Log::open(path.clone(), config(1 << 30), |_| {}).await.unwrap();
+            let mut log = Log::open(path.clone(), config(1 << 30), |_| {})
+                .await
+                .unwrap();
             append(&mut log, 50).await;
             let good = log.active().size;
             drop(log);
@@ -482,7 +532,9 @@ mod tests {
             bytes.truncate(good as usize);
             bytes.extend_from_slice(&torn[..torn.len() / 2]);
             std::fs::write(&file, &bytes).unwrap();
-            let mut log = Log::open(path.clone(), config(1 << 30), |_| {}).await.unwrap();
+            let mut log = Log::open(path.clone(), config(1 << 30), |_| {})
+                .await
+                .unwrap();
             assert_eq!(log.log_end_offset(), 500);
             assert_eq!(log.active().size, good);
             assert_eq!(std::fs::metadata(&file).unwrap().len(), good);
@@ -500,7 +552,9 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             probe_device(dir.path()).await.unwrap();
             let path = dir.path().join("t-0");
-            let mut log = Log::open(path.clone(), config(16 * 1024), |_| {}).await.unwrap();
+            let mut log = Log::open(path.clone(), config(16 * 1024), |_| {})
+                .await
+                .unwrap();
             append(&mut log, 200).await;
             assert!(log.segments.len() > 3, "small segments rolled");
             let first = log.segments[0].path.clone();
@@ -523,7 +577,9 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             probe_device(dir.path()).await.unwrap();
             let path = dir.path().join("t-0");
-            let mut log = Log::open(path.clone(), config(1 << 30), |_| {}).await.unwrap();
+            let mut log = Log::open(path.clone(), config(1 << 30), |_| {})
+                .await
+                .unwrap();
             append(&mut log, 3).await;
             let size = log.active().size;
             drop(log);

@@ -41,10 +41,10 @@ async fn read_on_owner(
     let partition = shard
         .partition(&topic, index)
         .ok_or(ResponseError::UnknownTopicOrPartition)?;
-    partition
-        .read(offset, max_bytes)
-        .await
-        .map_err(|e| partition_error_code(&e))
+    partition.read(offset, max_bytes).await.map_err(|e| {
+        tracing::warn!(topic, index, offset, error = %e, "fetch read failed");
+        partition_error_code(&e)
+    })
 }
 
 async fn wait_on_owner(

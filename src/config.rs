@@ -41,7 +41,7 @@ pub const MAX_FETCH_WAIT_MS: u64 = 30_000;
 
 const PAGE: usize = 4096;
 const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES >= 16 * PAGE);
-const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES % PAGE == 0);
+const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES.is_multiple_of(PAGE));
 const _: () = assert!(DEFAULT_MAX_MESSAGE_BYTES < DEFAULT_MAX_REQUEST_BYTES);
 const _: () = assert!(DEFAULT_SEGMENT_BYTES <= u32::MAX as u64);
 
@@ -153,7 +153,7 @@ impl Config {
         if self.cores == Some(0) {
             return bad("cores must be at least 1".into());
         }
-        if self.write_buffer_bytes % PAGE != 0 || self.write_buffer_bytes < 16 * PAGE {
+        if !self.write_buffer_bytes.is_multiple_of(PAGE) || self.write_buffer_bytes < 16 * PAGE {
             return bad(format!(
                 "write_buffer_bytes must be a multiple of {PAGE}, at least 64 KiB"
             ));

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
@@ -112,7 +112,8 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) -> std::io::Resul
     }
     drop(tx);
     let _ = writer.await;
-    let _ = stream.0.borrow().shutdown(std::net::Shutdown::Both);
+    // Dropping the last handle closes the socket.
+    drop(stream);
     result
 }
 
@@ -159,9 +160,4 @@ async fn respond(shard: Rc<Shard>, decoded: Decoded) -> Option<BytesMut> {
     let len = (out.len() - 4) as i32;
     (&mut out[..4]).put_i32(len);
     Some(out)
-}
-
-#[allow(dead_code)]
-fn _assert_buf(b: &mut Bytes) {
-    b.advance(0);
 }

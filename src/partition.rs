@@ -433,13 +433,11 @@ impl Partition {
                 let log = self.log.borrow();
                 (log.dir.clone(), log.log_end_offset())
             };
-            let sealed_base = self.log.borrow().active().base_offset;
-            {
+            let (sealed_base, seal) = {
                 let log = self.log.borrow();
-                let seg = log.active();
-                seg.trim().await?;
-                seg.write_indexes().await?;
-            }
+                (log.active().base_offset, log.active().seal_job())
+            };
+            seal.run().await?;
             let seg = crate::log::segment::Segment::create(&dir, next).await?;
             tracing::debug!(topic = %self.topic, partition = self.index, sealed_base, next, "rolled segment");
             self.log.borrow_mut().segments.push(seg);
@@ -559,10 +557,8 @@ impl Partition {
             .acquire_permit(1)
             .await
             .map_err(|_| PartitionError::Deleted)?;
-        let log = self.log.borrow();
-        let seg = log.active();
-        seg.trim().await?;
-        seg.write_indexes().await?;
+        let seal = self.log.borrow().active().seal_job();
+        seal.run().await?;
         Ok(())
     }
 

@@ -427,7 +427,7 @@ mod tests {
             if log.needs_roll(batch.len()) {
                 flush(log).await;
                 let next = log.log_end_offset();
-                log.active().trim().await.unwrap();
+                log.active().seal_job().run().await.unwrap();
                 log.segments
                     .push(segment::Segment::create(&log.dir, next).await.unwrap());
             }

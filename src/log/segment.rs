@@ -230,21 +230,39 @@ impl Segment {
         self.written = self.written.max(end);
     }
 
-    /// Writes the index files next to the log (Kafka's names and formats).
-    pub async fn write_indexes(&self) -> Result<(), LogError> {
-        let stem = self.path.with_extension("");
-        let index = stem.with_extension("index");
-        let timeindex = stem.with_extension("timeindex");
-        write_file_direct(&index, &self.index.encode_offsets()).await?;
-        write_file_direct(&timeindex, &self.index.encode_times()).await
+    /// What sealing needs, detached from the segment so no borrow of the
+    /// log is held across the I/O.
+    pub fn seal_job(&self) -> SealJob {
+        SealJob {
+            file: self.file.clone(),
+            path: self.path.clone(),
+            size: self.size,
+            index: self.index.clone(),
+        }
     }
+}
 
-    /// Trims preallocated space and padding so the file holds exactly the batches.
-    pub async fn trim(&self) -> Result<(), LogError> {
+/// Trims a segment file to its batches and writes its index files.
+pub struct SealJob {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    size: u64,
+    index: SegmentIndex,
+}
+
+impl SealJob {
+    pub async fn run(self) -> Result<(), LogError> {
         self.file
             .truncate(self.size)
             .await
-            .map_err(|e| LogError::io("truncate", &self.path, e))
+            .map_err(|e| LogError::io("truncate", &self.path, e))?;
+        let stem = self.path.with_extension("");
+        write_file_direct(&stem.with_extension("index"), &self.index.encode_offsets()).await?;
+        write_file_direct(
+            &stem.with_extension("timeindex"),
+            &self.index.encode_times(),
+        )
+        .await
     }
 }
 

@@ -92,7 +92,7 @@ fn check_create(
             format!("invalid topic name {name:?}"),
         ));
     }
-    if partitions == 0 || partitions < -1 || partitions > MAX_PARTITIONS_PER_TOPIC {
+    if partitions == 0 || !(-1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
         return Err((
             ResponseError::InvalidPartitions,
             format!("partition count {partitions} out of range"),

@@ -16,7 +16,9 @@ const BATCHES_PER_ITER: usize = 16; // 1 MiB per iteration
 const SYNC_EVERY_BYTES: u64 = 64 << 20;
 
 fn bench_dir() -> PathBuf {
-    std::env::var_os("RINGTAIL_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    std::env::var_os("RINGTAIL_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// A valid-looking batch header followed by payload; the appender only
@@ -45,7 +47,9 @@ fn run_appends(iters: u64) -> Duration {
                 max_batch_bytes: 1 << 20,
                 preallocate: true,
             };
-            let mut log = Log::open(root.path().join("bench-0"), config, |_| {}).await.expect("log");
+            let mut log = Log::open(root.path().join("bench-0"), config, |_| {})
+                .await
+                .expect("log");
             let mut template = batch();
             let start = Instant::now();
             let mut since_sync = 0u64;

@@ -4,7 +4,9 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use ringtail::record::{assign_offsets, split_batches, BatchHeader};
 
 fn batch(records: usize, value_bytes: usize, compression: Compression) -> Bytes {
@@ -26,7 +28,15 @@ fn batch(records: usize, value_bytes: usize, compression: Compression) -> Bytes 
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .unwrap();
     buf.freeze()
 }
 

@@ -53,7 +53,11 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // glommio's reactor logs the deliberate failure of its polled-I/O
+                // probe (see log::probe_device) at error level on every start.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,glommio::reactor=off")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();

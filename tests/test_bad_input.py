@@ -1,0 +1,90 @@
+"""Bad input on the wire: the offending connection is closed or answered with
+a Kafka error code; the broker keeps serving and data stays intact."""
+
+import os
+import socket
+import struct
+
+import pytest
+from confluent_kafka import Producer
+
+from conftest import api_versions, consume_all, frame, read_frame
+
+
+def write_some(bootstrap, topic, n, start=0):
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for i in range(start, start + n):
+        p.produce(topic, value=f"v{i}".encode())
+    assert p.flush(10) == 0
+
+
+def assert_closed(sock):
+    sock.settimeout(5)
+    try:
+        data = sock.recv(1024)
+    except ConnectionResetError:
+        return
+    assert data == b"", f"expected the broker to close the connection, got {data!r}"
+
+
+def check_still_serving(broker, n):
+    write_some(broker.bootstrap, "intact", 10, start=n)
+    got = consume_all(broker.bootstrap, "intact", 1, n + 10)
+    assert [m.value() for m in got] == [f"v{i}".encode() for i in range(n + 10)]
+
+
+@pytest.mark.parametrize("payload", [
+    struct.pack(">i", 0x7FFFFFFF) + b"\x00" * 64,       # 2 GiB frame: refused before allocating
+    struct.pack(">i", -5),                               # negative length
+    struct.pack(">i", 3) + b"abc",                       # shorter than any header
+    os.urandom(4096),                                    # garbage
+    frame(0x7FF0, 0, 1),                                 # unknown API key
+    frame(0, 99, 1),                                     # unsupported Produce version
+    frame(3, 1, 1, b"\xff\xff\xff\x7f"),                 # Metadata with a huge topic array
+    frame(0, 3, 1, b"\x00\x01"),                         # truncated Produce body
+])
+def test_bad_frames_close_only_that_connection(broker, payload):
+    write_some(broker.bootstrap, "intact", 10)
+    with socket.create_connection(("127.0.0.1", broker.port)) as bad, \
+            socket.create_connection(("127.0.0.1", broker.port)) as good:
+        bad.sendall(payload)
+        assert_closed(bad)
+        # An unrelated connection opened before is unaffected.
+        good.sendall(frame(18, 0, 42))
+        resp = read_frame(good)
+        assert struct.unpack(">i", resp[:4])[0] == 42
+    assert broker.alive()
+    check_still_serving(broker, 10)
+
+
+def test_unknown_api_versions_version_gets_error_35_and_versions(broker):
+    resp = api_versions(broker.port, version=99)
+    correlation, error, count = struct.unpack(">ihi", resp[:10])
+    assert correlation == 7
+    assert error == 35
+    keys = {struct.unpack(">hhh", resp[10 + 6 * i:16 + 6 * i])[0] for i in range(count)}
+    assert {0, 1, 2, 3, 18} <= keys
+
+
+def test_corrupt_batch_is_refused_with_corrupt_message(broker):
+    write_some(broker.bootstrap, "intact", 10)
+    # A produce v3 of one batch whose CRC does not match its content.
+    batch = bytearray(61 + 8)
+    struct.pack_into(">qiibIhiqqqhii", batch, 0, 0, len(batch) - 12, -1, 2, 0xDEADBEEF, 0, 0,
+                     0, 0, -1, -1, -1, 1)
+    records = bytes(batch)
+    topic = b"intact"
+    body = struct.pack(">h", -1)  # null transactional id
+    body += struct.pack(">hi", -1, 5000)  # acks, timeout
+    body += struct.pack(">i", 1) + struct.pack(">h", len(topic)) + topic
+    body += struct.pack(">i", 1) + struct.pack(">i", 0) + struct.pack(">i", len(records)) + records
+    with socket.create_connection(("127.0.0.1", broker.port)) as s:
+        s.sendall(frame(0, 3, 9, body))
+        resp = read_frame(s)
+    # correlation, topics[1], name, partitions[1], index, error_code
+    at = 4 + 4
+    name_len = struct.unpack(">h", resp[at:at + 2])[0]
+    at += 2 + name_len + 4
+    index, error = struct.unpack(">ih", resp[at:at + 6])
+    assert (index, error) == (0, 2)  # CORRUPT_MESSAGE
+    check_still_serving(broker, 10)

@@ -36,6 +36,12 @@ pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 60_000;
 pub const DEFAULT_MAX_PRODUCERS_PER_PARTITION: usize = 10_000;
 /// Largest partition count accepted in one CreateTopics/CreatePartitions.
 pub const MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
+/// Partitions of `__consumer_offsets` (Kafka: 50). Fewer here: one node,
+/// and each partition holds a segment file and, while written, a buffer.
+pub const DEFAULT_OFFSETS_TOPIC_PARTITIONS: i32 = 16;
+/// Wait before an empty group's first rebalance completes (Kafka: 3000 ms),
+/// so consumers starting together land in one generation.
+pub const DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS: u64 = 300;
 /// Fetch wait ceiling, whatever the client asks (Kafka clients send <= 500 ms by default).
 pub const MAX_FETCH_WAIT_MS: u64 = 30_000;
 
@@ -97,6 +103,10 @@ pub struct Config {
     pub checkpoint_interval_ms: u64,
     pub preallocate: bool,
     pub cluster_id: String,
+    pub offsets_topic_partitions: i32,
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -121,6 +131,10 @@ impl Default for Config {
             checkpoint_interval_ms: DEFAULT_CHECKPOINT_INTERVAL_MS,
             preallocate: true,
             cluster_id: "ringtail-cluster-0001".into(),
+            offsets_topic_partitions: DEFAULT_OFFSETS_TOPIC_PARTITIONS,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
+            group_initial_rebalance_delay_ms: DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS,
         }
     }
 }
@@ -166,6 +180,9 @@ impl Config {
         }
         if self.default_partitions < 1 || self.default_partitions > MAX_PARTITIONS_PER_TOPIC {
             return bad("default_partitions out of range".into());
+        }
+        if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&self.offsets_topic_partitions) {
+            return bad("offsets_topic_partitions out of range".into());
         }
         if self.max_in_flight_per_connection == 0 || self.index_interval_bytes == 0 {
             return bad("max_in_flight_per_connection and index_interval_bytes must be > 0".into());

@@ -106,7 +106,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) -> std::io::Resul
         }
         Ok::<(), std::io::Error>(())
     });
-    let result = read_requests(&shard, stream.clone(), &tx).await;
+    let result = read_requests(&shard, stream.clone(), &tx, peer).await;
     if let Err(e) = &result {
         tracing::debug!(?peer, error = %e, "closing connection");
     }
@@ -121,6 +121,7 @@ async fn read_requests(
     shard: &Rc<Shard>,
     mut stream: SharedStream,
     tx: &local_channel::LocalSender<ResponseTask>,
+    peer: Option<std::net::SocketAddr>,
 ) -> std::io::Result<()> {
     let max = shard.config.max_request_bytes;
     let mut len_buf = [0u8; 4];
@@ -147,16 +148,20 @@ async fn read_requests(
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
         let handler_shard = shard.clone();
         shard.in_flight.set(shard.in_flight.get() + 1);
-        let task =
-            glommio::spawn_local(async move { respond(handler_shard, decoded).await }).detach();
+        let task = glommio::spawn_local(async move { respond(handler_shard, decoded, peer).await })
+            .detach();
         if tx.send(task).await.is_err() {
             return Ok(());
         }
     }
 }
 
-async fn respond(shard: Rc<Shard>, decoded: Decoded) -> Option<BytesMut> {
-    let mut out = protocol::handle(shard, decoded).await?;
+async fn respond(
+    shard: Rc<Shard>,
+    decoded: Decoded,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<BytesMut> {
+    let mut out = protocol::handle(shard, decoded, peer).await?;
     let len = (out.len() - 4) as i32;
     (&mut out[..4]).put_i32(len);
     Some(out)

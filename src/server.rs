@@ -70,7 +70,8 @@ pub fn run(config: Config) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     write_meta_properties(&config)?;
-    let table = TopicTable::load(&config.data_dir).context("loading topic table")?;
+    let mut table = TopicTable::load(&config.data_dir).context("loading topic table")?;
+    ensure_offsets_topic(&mut table, &config)?;
     let count = config.shard_count();
     let phases = Arc::new(Phases::default());
     install_signal_handler(phases.clone())?;
@@ -104,6 +105,30 @@ pub fn run(config: Config) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `__consumer_offsets` exists from the first start, so every shard can
+/// rebuild its groups from it before serving.
+fn ensure_offsets_topic(table: &mut TopicTable, config: &Config) -> Result<()> {
+    use crate::cluster::{TopicMeta, CONSUMER_OFFSETS_TOPIC};
+    if table.get(CONSUMER_OFFSETS_TOPIC).is_some() {
+        return Ok(());
+    }
+    let configs = [("cleanup.policy".to_string(), "compact".to_string())]
+        .into_iter()
+        .collect();
+    table.topics.insert(
+        CONSUMER_OFFSETS_TOPIC.to_string(),
+        TopicMeta {
+            name: CONSUMER_OFFSETS_TOPIC.to_string(),
+            id: uuid::Uuid::new_v4(),
+            partitions: config.offsets_topic_partitions,
+            configs,
+            internal: true,
+        },
+    );
+    table.save(&config.data_dir).context("saving topic table")?;
+    Ok(())
 }
 
 fn install_signal_handler(phases: Arc<Phases>) -> Result<()> {
@@ -141,6 +166,10 @@ async fn shard_main(
         .apply_table(table)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
+    crate::protocol::groups::load_groups(&shard)
+        .await
+        .map_err(|e| anyhow::anyhow!("loading consumer groups: {e}"))?;
+    crate::protocol::groups::start_group_timer(&shard);
     shard.start_flusher();
     all_reach(&phases.recovered, count).await;
     let listener = glommio::net::TcpListener::bind(shard.config.listen.as_str())

@@ -51,6 +51,8 @@ pub struct Shard {
     producer_ids: RefCell<ProducerIdBlock>,
     pub in_flight: Cell<usize>,
     pub shutting_down: Cell<bool>,
+    /// Coordinator of the groups whose `__consumer_offsets` partitions live here.
+    pub groups: crate::group::GroupCoordinator,
 }
 
 impl Shard {
@@ -63,9 +65,15 @@ impl Shard {
     ) -> Rc<Shard> {
         let (doorbell, rx) = local_channel::new_bounded(1);
         let budget = CacheBudget::new(config.batch_cache_bytes);
+        let groups = crate::group::GroupCoordinator::new(crate::group::GroupConfig {
+            min_session_timeout_ms: config.group_min_session_timeout_ms,
+            max_session_timeout_ms: config.group_max_session_timeout_ms,
+            initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+        });
         Rc::new(Shard {
             id,
             count,
+            groups,
             producer_ids: RefCell::new(ProducerIdBlock::new(config.data_dir.clone())),
             config,
             topics: RefCell::new(Rc::new(table)),

@@ -6,6 +6,7 @@
 mod api_versions;
 mod configs;
 mod fetch;
+pub mod groups;
 mod leader_epoch;
 mod list_offsets;
 mod metadata;
@@ -39,6 +40,17 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -105,15 +117,36 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
 
 /// Serves one request; `None` means no response (produce with acks=0).
 /// The returned buffer starts with 4 bytes reserved for the frame length.
-pub async fn handle(shard: Rc<Shard>, d: Decoded) -> Option<BytesMut> {
+pub async fn handle(
+    shard: Rc<Shard>,
+    d: Decoded,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<BytesMut> {
+    let client = groups::Client {
+        client_id: d
+            .header
+            .client_id
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        host: peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
+    };
     let (response, version) = match d.request {
         None => (ResponseKind::ApiVersions(api_versions::unsupported()), 0),
-        Some(request) => (dispatch(&shard, request, d.version).await?, d.version),
+        Some(request) => (
+            dispatch(&shard, request, d.version, client).await?,
+            d.version,
+        ),
     };
     encode_response(d.api_key, version, d.header.correlation_id, &response)
 }
 
-async fn dispatch(shard: &Rc<Shard>, request: RequestKind, v: i16) -> Option<ResponseKind> {
+async fn dispatch(
+    shard: &Rc<Shard>,
+    request: RequestKind,
+    v: i16,
+    client: groups::Client,
+) -> Option<ResponseKind> {
     Some(match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle(v)),
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(shard, r, v).await),
@@ -139,6 +172,35 @@ async fn dispatch(shard: &Rc<Shard>, request: RequestKind, v: i16) -> Option<Res
         }
         RequestKind::OffsetForLeaderEpoch(r) => {
             ResponseKind::OffsetForLeaderEpoch(leader_epoch::handle(shard, r, v).await)
+        }
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(groups::find_coordinator(shard, r, v))
+        }
+        RequestKind::JoinGroup(r) => {
+            ResponseKind::JoinGroup(groups::join_group(shard, r, v, client).await)
+        }
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync_group(shard, r, v).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(shard, r, v).await),
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(groups::leave_group(shard, r, v).await)
+        }
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(groups::offset_commit(shard, r, v).await)
+        }
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(groups::offset_fetch(shard, r, v).await)
+        }
+        RequestKind::ListGroups(r) => {
+            ResponseKind::ListGroups(groups::list_groups(shard, r, v).await)
+        }
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(groups::describe_groups(shard, r, v).await)
+        }
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(groups::delete_groups(shard, r, v).await)
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(groups::offset_delete(shard, r, v).await)
         }
         other => {
             tracing::warn!(request = ?std::mem::discriminant(&other), "request without handler");

@@ -1,6 +1,7 @@
 //! ringtail: a Kafka-wire-compatible streaming broker, thread-per-core on glommio.
 
 pub mod bench;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod group;

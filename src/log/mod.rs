@@ -113,7 +113,11 @@ fn device_polls(path: &Path) -> bool {
 /// glommio records as "no polling". Call once per shard before opening any
 /// segment.
 pub async fn probe_device(data_dir: &Path) -> Result<(), LogError> {
-    let path = data_dir.join(".io-probe");
+    // One file per thread: shards probe at the same time, and glommio panics
+    // if the file vanishes while it opens it.
+    let thread = format!("{:?}", std::thread::current().id())
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    let path = data_dir.join(format!(".io-probe-{thread}"));
     let written = std::fs::File::create(&path).and_then(|mut f| {
         std::io::Write::write_all(&mut f, &[1u8; 2 * segment::PAGE_BYTES as usize])?;
         f.sync_all()

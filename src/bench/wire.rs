@@ -1,0 +1,192 @@
+//! Kafka wire helpers for the load generator: request framing for pipelined
+//! connections, record batches, topic set-up and the broker's facts.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use anyhow::{bail, Context, Result};
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use serde::Serialize;
+
+use crate::client::Client;
+
+pub const PRODUCE_VERSION: i16 = 8;
+pub const FETCH_VERSION: i16 = 11;
+pub const LIST_OFFSETS_VERSION: i16 = 5;
+const CLIENT_ID: &str = "ringtail-bench";
+
+pub fn compression(name: &str) -> Result<Compression> {
+    Ok(match name {
+        "none" => Compression::None,
+        "gzip" => Compression::Gzip,
+        "snappy" => Compression::Snappy,
+        "lz4" => Compression::Lz4,
+        "zstd" => Compression::Zstd,
+        other => bail!("unknown compression {other:?}"),
+    })
+}
+
+/// What the broker said about itself, recorded in the result.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct BrokerInfo {
+    pub cluster_id: Option<String>,
+    pub brokers: Vec<String>,
+    pub api_versions: Vec<(i16, i16, i16)>,
+}
+
+impl BrokerInfo {
+    pub fn probe(bootstrap: &str) -> Result<BrokerInfo> {
+        let mut c = Client::connect(bootstrap, CLIENT_ID)?;
+        let versions: ApiVersionsResponse = c.call(
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("ringtail-bench"))
+                .with_client_software_version(StrBytes::from_static_str("1")),
+        )?;
+        let md: MetadataResponse = c.call(
+            ApiKey::Metadata,
+            7,
+            &MetadataRequest::default().with_topics(Some(Vec::new())),
+        )?;
+        Ok(BrokerInfo {
+            cluster_id: md.cluster_id.map(|c| c.to_string()),
+            brokers: md
+                .brokers
+                .iter()
+                .map(|b| format!("{}@{}:{}", b.node_id.0, b.host.as_str(), b.port))
+                .collect(),
+            api_versions: versions
+                .api_keys
+                .iter()
+                .map(|k| (k.api_key, k.min_version, k.max_version))
+                .collect(),
+        })
+    }
+}
+
+/// Creates the topic when missing; returns its partition ids.
+pub fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<i32>> {
+    let mut c = Client::connect(bootstrap, CLIENT_ID)?;
+    let name = TopicName(StrBytes::from_string(topic.to_string()));
+    let create = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![create_topics_request::CreatableTopic::default()
+            .with_name(name.clone())
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)]);
+    let created: CreateTopicsResponse = c.call(ApiKey::CreateTopics, 4, &create)?;
+    let code = created.topics.first().map_or(0, |t| t.error_code);
+    if code != 0 && code != 36 {
+        bail!("creating topic {topic}: error code {code}");
+    }
+    for _ in 0..50 {
+        let req = MetadataRequest::default().with_topics(Some(vec![
+            metadata_request::MetadataRequestTopic::default().with_name(Some(name.clone())),
+        ]));
+        let md: MetadataResponse = c.call(ApiKey::Metadata, 7, &req)?;
+        if let Some(t) = md.topics.first() {
+            if t.error_code == 0
+                && !t.partitions.is_empty()
+                && t.partitions.iter().all(|p| p.leader_id.0 >= 0)
+            {
+                let mut ids: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
+                ids.sort_unstable();
+                return Ok(ids);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!("topic {topic} has no leaders")
+}
+
+/// One framed request ready to write.
+pub fn frame<Req: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation: i32,
+    req: &Req,
+) -> Result<BytesMut> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    header.encode(&mut buf, api_key.request_header_version(version))?;
+    req.encode(&mut buf, version)?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf)
+}
+
+/// Reads one response frame and decodes it.
+pub fn read_response<Resp: Decodable>(
+    stream: &mut TcpStream,
+    api_key: ApiKey,
+    version: i16,
+) -> Result<(i32, Resp)> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let len = i32::from_be_bytes(len).max(0) as usize;
+    if len > crate::client::MAX_RESPONSE_BYTES {
+        bail!("response of {len} bytes");
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body)?;
+    let mut body = Bytes::from(body);
+    let header = ResponseHeader::decode(&mut body, api_key.response_header_version(version))?;
+    Ok((header.correlation_id, Resp::decode(&mut body, version)?))
+}
+
+pub fn connect(bootstrap: &str) -> Result<TcpStream> {
+    let s = TcpStream::connect(bootstrap).with_context(|| format!("connecting to {bootstrap}"))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+pub fn send(stream: &mut TcpStream, buf: &[u8]) -> Result<()> {
+    stream.write_all(buf)?;
+    Ok(())
+}
+
+/// A record batch of `values` with optional keys, timestamped now.
+pub fn batch(values: &[Bytes], keys: &[Option<Bytes>], compression: Compression) -> Result<Bytes> {
+    let ts = crate::group::coordinator::now_ms();
+    let records: Vec<Record> = values
+        .iter()
+        .zip(keys)
+        .enumerate()
+        .map(|(i, (v, k))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32,
+            timestamp: ts,
+            key: k.clone(),
+            value: Some(v.clone()),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )?;
+    Ok(buf.freeze())
+}

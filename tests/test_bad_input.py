@@ -88,3 +88,23 @@ def test_corrupt_batch_is_refused_with_corrupt_message(broker):
     index, error = struct.unpack(">ih", resp[at:at + 6])
     assert (index, error) == (0, 2)  # CORRUPT_MESSAGE
     check_still_serving(broker, 10)
+
+
+def test_offset_for_leader_epoch(broker):
+    write_some(broker.bootstrap, "intact", 10)
+    topic = b"intact"
+
+    def ask(partition, current_epoch, epoch):
+        body = struct.pack(">i", 1) + struct.pack(">h", len(topic)) + topic
+        body += struct.pack(">i", 1) + struct.pack(">iii", partition, current_epoch, epoch)
+        with socket.create_connection(("127.0.0.1", broker.port)) as s:
+            s.sendall(frame(23, 2, 5, body))
+            resp = read_frame(s)
+        at = 4 + 4 + 4  # correlation, throttle, topics count
+        at += 2 + struct.unpack(">h", resp[at:at + 2])[0] + 4
+        return struct.unpack(">hiiq", resp[at:at + 18])
+
+    assert ask(0, 0, 0) == (0, 0, 0, 10)          # epoch 0 ends at the log end
+    assert ask(0, -1, 5) == (0, 0, -1, -1)         # a later epoch is unknown
+    assert ask(0, 7, 0)[0] == 75                   # UNKNOWN_LEADER_EPOCH (client ahead)
+    assert ask(9, -1, 0)[0] == 3                   # UNKNOWN_TOPIC_OR_PARTITION

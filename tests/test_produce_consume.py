@@ -178,3 +178,43 @@ def test_kcat_round_trip(broker):
     listing = subprocess.run(["kcat", "-b", broker.bootstrap, "-L"], capture_output=True, check=True,
                              timeout=30).stdout.decode()
     assert 'topic "kc" with 1 partitions' in listing
+
+
+@pytest.mark.parametrize("acks", ["0", "1", "all"])
+def test_every_acks_setting_stores_records(broker, acks):
+    create_topic(broker.bootstrap, "acks", 1)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": acks, "linger.ms": 2})
+    for i in range(500):
+        p.produce("acks", value=f"{acks}-{i}".encode())
+    assert p.flush(20) == 0
+    got = consume_all(broker.bootstrap, "acks", 1, 500)
+    assert [m.value() for m in got] == [f"{acks}-{i}".encode() for i in range(500)]
+
+
+def test_long_poll_wakes_on_append(broker):
+    create_topic(broker.bootstrap, "poll", 1)
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "poller",
+                  "fetch.wait.max.ms": 5000, "fetch.min.bytes": 1})
+    c.assign([TopicPartition("poll", 0, 0)])
+    assert c.poll(1.0) is None  # an empty partition: the fetch is parked
+    time.sleep(0.5)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    sent = time.time()
+    p.produce("poll", value=b"wake")
+    p.flush(5)
+    m = None
+    while m is None and time.time() - sent < 10:
+        m = c.poll(0.1)
+    waited = time.time() - sent
+    c.close()
+    assert m is not None and m.value() == b"wake"
+    assert waited < 2.5, f"the parked fetch should answer on append, not after max_wait ({waited:.2f}s)"
+
+
+def test_interval_flush_policy_serves_and_shuts_down_cleanly(broker_factory):
+    b = broker_factory(config='flush_policy = "interval"\nflush_interval_ms = 200\n')
+    produce(b.bootstrap, "lazy", [(None, f"x{i}".encode(), None, None) for i in range(300)])
+    b.stop()
+    b.start()
+    got = consume_all(b.bootstrap, "lazy", 1, 300)
+    assert [m.value() for m in got] == [f"x{i}".encode() for i in range(300)]

@@ -49,6 +49,8 @@ pub struct Shard {
     /// Serializes topic table changes (used on shard 0, the controller).
     metadata_lock: glommio::sync::Semaphore,
     producer_ids: RefCell<ProducerIdBlock>,
+    /// Partitions refused at recovery (corrupt sealed segment).
+    pub fenced: RefCell<std::collections::HashSet<PartitionKey>>,
     pub in_flight: Cell<usize>,
     pub shutting_down: Cell<bool>,
     /// Coordinator of the groups whose `__consumer_offsets` partitions live here.
@@ -84,6 +86,7 @@ impl Shard {
             doorbell,
             doorbell_rx: RefCell::new(Some(rx)),
             metadata_lock: glommio::sync::Semaphore::new(1),
+            fenced: RefCell::new(std::collections::HashSet::new()),
             in_flight: Cell::new(0),
             shutting_down: Cell::new(false),
         })
@@ -102,6 +105,20 @@ impl Shard {
             .borrow()
             .get(&(topic.to_string(), partition))
             .cloned()
+    }
+
+    /// The error for a partition this shard should own but does not serve:
+    /// fenced after corruption, or unknown.
+    pub fn missing_partition_error(&self, topic: &str, partition: i32) -> ResponseError {
+        if self
+            .fenced
+            .borrow()
+            .contains(&(topic.to_string(), partition))
+        {
+            ResponseError::KafkaStorageError
+        } else {
+            ResponseError::UnknownTopicOrPartition
+        }
     }
 
     pub fn local_partitions(&self) -> Vec<Rc<Partition>> {
@@ -233,8 +250,20 @@ impl Shard {
                     self.budget.clone(),
                     group_commit,
                 )
-                .await
-                .map_err(|e| format!("opening {}-{p}: {e}", topic.name))?;
+                .await;
+                let part = match part {
+                    Ok(part) => part,
+                    Err(crate::partition::PartitionError::Log(
+                        e @ crate::log::LogError::Corrupt { .. },
+                    )) => {
+                        // Fenced: left untouched on disk for an operator; the
+                        // rest of the broker keeps serving.
+                        tracing::error!(topic = %topic.name, partition = p, error = %e, "partition fenced");
+                        self.fenced.borrow_mut().insert((topic.name.clone(), p));
+                        continue;
+                    }
+                    Err(e) => return Err(format!("opening {}-{p}: {e}", topic.name)),
+                };
                 self.partitions
                     .borrow_mut()
                     .insert((topic.name.clone(), p), part);

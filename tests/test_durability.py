@@ -121,3 +121,31 @@ def test_sigterm_is_clean_and_keeps_data(broker):
     broker.start()
     got = consume_all(broker.bootstrap, "shutdown", 1, 100)
     assert [m.value() for m in got] == [str(i).encode() for i in range(100)]
+
+
+def test_corrupt_sealed_segment_fences_only_that_partition(broker_factory):
+    b = broker_factory(config="segment_bytes = 65536\n")
+    create_topic(b.bootstrap, "fence", 2)
+    p = Producer({"bootstrap.servers": b.bootstrap, "linger.ms": 5, "batch.size": 8192})
+    for i in range(2000):
+        p.produce("fence", value=f"{i:06d}".encode() * 20, partition=i % 2)
+    assert p.flush(30) == 0
+    b.stop()
+    first = b.data_dir / "fence-0" / "00000000000000000000.log"
+    data = bytearray(first.read_bytes())
+    data[-5] ^= 0xFF  # inside the last batch of a sealed segment: its CRC fails
+    first.write_bytes(bytes(data))
+    b.start()
+    assert first.read_bytes() == bytes(data), "a fenced partition is left untouched"
+    assert "partition fenced" in b.log_tail(200)
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "f"})
+    c.assign([TopicPartition("fence", 1, 0)])
+    seen = 0
+    deadline = time.time() + 20
+    while seen < 1000 and time.time() < deadline:
+        for m in c.consume(500, 0.5):
+            assert m.error() is None
+            seen += 1
+    c.close()
+    assert seen == 1000, "the other partition keeps serving"

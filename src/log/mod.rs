@@ -36,6 +36,10 @@ pub enum LogError {
     Poisoned,
     #[error("offset {0} is out of range")]
     OffsetOutOfRange(i64),
+    #[error(
+        "{path} is corrupt at byte {position}: a sealed segment fails validation; partition fenced"
+    )]
+    Corrupt { path: PathBuf, position: u64 },
 }
 
 impl LogError {
@@ -138,7 +142,10 @@ pub async fn probe_device(data_dir: &Path) -> Result<(), LogError> {
 impl Log {
     /// Opens (creating if needed) the log in `dir`, recovering every segment:
     /// batches are validated (length, CRC32C), indexes rebuilt, and a torn
-    /// tail truncated. `on_batch` sees every valid batch header in order.
+    /// tail of the last segment truncated. A sealed segment was synced before
+    /// the next one was created, so damage there is corruption, not a torn
+    /// write: the log is refused (`LogError::Corrupt`) and nothing is changed
+    /// on disk. `on_batch` sees every valid batch header in order.
     pub async fn open(
         dir: PathBuf,
         config: LogConfig,
@@ -147,17 +154,11 @@ impl Log {
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create dir", &dir, e))?;
         let bases = segment_bases(&dir)?;
         let mut segments: Vec<Segment> = Vec::new();
-        let mut truncated = false;
-        for base in bases {
+        let last = bases.len().saturating_sub(1);
+        for (i, base) in bases.into_iter().enumerate() {
             let path = dir.join(segment::log_file_name(base));
-            if truncated {
-                tracing::warn!(path = %path.display(), "removing segment after a torn tail");
-                std::fs::remove_file(&path).map_err(|e| LogError::io("remove", &path, e))?;
-                continue;
-            }
             let mut seg = Segment::open(path, base).await?;
-            let complete = recover_segment(&mut seg, &config, &mut on_batch).await?;
-            truncated = !complete;
+            recover_segment(&mut seg, &config, &mut on_batch, i == last).await?;
             segments.push(seg);
         }
         if segments.is_empty() {
@@ -252,13 +253,14 @@ impl Log {
     }
 }
 
-/// Scans one segment from its start. Returns false when it ended in a torn
-/// or corrupt tail (which is truncated).
+/// Scans one segment from its start. A torn or corrupt tail is truncated in
+/// the last segment and refused in a sealed one.
 async fn recover_segment(
     seg: &mut Segment,
     config: &LogConfig,
     on_batch: &mut impl FnMut(&BatchHeader),
-) -> Result<bool, LogError> {
+    last: bool,
+) -> Result<(), LogError> {
     let file_size = seg
         .file
         .file_size()
@@ -323,8 +325,14 @@ async fn recover_segment(
         read_pos += chunk.len() as u64;
     }
     let valid = carry_pos;
+    if !complete && !last {
+        return Err(LogError::Corrupt {
+            path: seg.path.clone(),
+            position: valid,
+        });
+    }
     if !complete && valid < file_size {
-        tracing::warn!(path = %seg.path.display(), valid, file_size, "truncating segment tail");
+        tracing::warn!(path = %seg.path.display(), valid, file_size, "truncating torn segment tail");
     }
     let tail_start = align_down(valid);
     let tail = if valid > tail_start {
@@ -337,8 +345,7 @@ async fn recover_segment(
     } else {
         Vec::new()
     };
-    seg.recovered(valid, tail).await?;
-    Ok(complete || valid == file_size)
+    seg.recovered(valid, tail).await
 }
 
 /// Reads whole batches starting with the one holding `offset`, stopping
@@ -551,7 +558,7 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_batch_truncates_and_later_segments_are_dropped() {
+    fn corruption_in_a_sealed_segment_fences_the_log_and_changes_nothing() {
         run(|| async {
             let dir = tempfile::tempdir().unwrap();
             probe_device(dir.path()).await.unwrap();
@@ -562,16 +569,23 @@ mod tests {
             append(&mut log, 200).await;
             assert!(log.segments.len() > 3, "small segments rolled");
             let first = log.segments[0].path.clone();
-            let first_end = log.segments[1].base_offset;
+            let files_before: Vec<_> = log.segments.iter().map(|s| s.path.clone()).collect();
             drop(log);
-            // Flip a byte in the last batch of the first segment: its CRC fails.
+            // Flip a byte in the last batch of the first (sealed) segment.
             let mut bytes = std::fs::read(&first).unwrap();
             let n = bytes.len();
             bytes[n - 5] ^= 0xff;
             std::fs::write(&first, &bytes).unwrap();
-            let log = Log::open(path, config(16 * 1024), |_| {}).await.unwrap();
-            assert_eq!(log.segments.len(), 1);
-            assert_eq!(log.log_end_offset(), first_end - 10);
+            let err = Log::open(path, config(16 * 1024), |_| {})
+                .await
+                .err()
+                .expect("refused");
+            assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
+            assert_eq!(std::fs::read(&first).unwrap().len(), n, "nothing truncated");
+            assert!(
+                files_before.iter().all(|p| p.exists()),
+                "no segment removed"
+            );
         });
     }
 

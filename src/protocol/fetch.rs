@@ -40,7 +40,7 @@ async fn read_on_owner(
 ) -> ReadResult {
     let partition = shard
         .partition(&topic, index)
-        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        .ok_or_else(|| shard.missing_partition_error(&topic, index))?;
     partition.read(offset, max_bytes).await.map_err(|e| {
         tracing::warn!(topic, index, offset, error = %e, "fetch read failed");
         partition_error_code(&e)

@@ -24,7 +24,7 @@ async fn produce_on_owner(
     wait: bool,
 ) -> PartitionResult {
     let Some(partition) = shard.partition(&topic, index) else {
-        return Err(ResponseError::UnknownTopicOrPartition);
+        return Err(shard.missing_partition_error(&topic, index));
     };
     let s = shard.clone();
     partition

@@ -348,6 +348,28 @@ pub mod tests {
         assert!(split_batches(&[], 1 << 20).is_err());
     }
 
+    proptest::proptest! {
+        /// Any bytes: validation answers, never panics, and accepts only
+        /// what has a matching CRC.
+        #[test]
+        fn validation_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            if validate_batch(&bytes, 1 << 20).is_ok() {
+                let h = BatchHeader::parse(&bytes).unwrap();
+                proptest::prop_assert_eq!(crc32c::crc32c(&bytes[ATTRIBUTES..h.total_size()]), h.crc());
+            }
+            let _ = split_batches(&bytes, 1 << 20);
+        }
+
+        #[test]
+        fn assigned_offsets_read_back(base in 0i64..i64::MAX / 2, epoch in 0i32..i32::MAX, n in 1usize..20) {
+            let mut batch = make_batch(n, Compression::None, 0);
+            assign_offsets(&mut batch, base, epoch);
+            validate_batch(&batch, 1 << 20).unwrap();
+            let h = BatchHeader::parse(&batch).unwrap();
+            proptest::prop_assert_eq!((h.base_offset(), h.last_offset(), h.partition_leader_epoch()), (base, base + n as i64 - 1, epoch));
+        }
+    }
+
     #[test]
     fn sequence_wraps() {
         let mut batch = make_batch(3, Compression::None, 0);

@@ -304,6 +304,25 @@ mod tests {
         assert_eq!(GroupValue::decode(&g.encode()), Some(g));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn offset_records_round_trip(group in ".{0,40}", topic in "[a-z._-]{1,40}", partition in 0i32..10_000,
+                                     offset in -1i64..i64::MAX, epoch in -1i32..1000, metadata in ".{0,60}", ts in 0i64..i64::MAX) {
+            let key = Key::Offset { group, topic, partition };
+            proptest::prop_assert_eq!(Key::decode(&key.encode()), Some(key));
+            let value = OffsetValue { offset, leader_epoch: epoch, metadata, commit_timestamp: ts };
+            proptest::prop_assert_eq!(OffsetValue::decode(&value.encode()), Some(value));
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = Key::decode(&bytes);
+            let _ = OffsetValue::decode(&bytes);
+            let _ = GroupValue::decode(&bytes);
+            let _ = subscribed_topics(&bytes);
+        }
+    }
+
     #[test]
     fn subscription_topics_are_read() {
         let mut b = BytesMut::new();

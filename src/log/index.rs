@@ -129,6 +129,22 @@ mod tests {
         assert_eq!(idx.lookup_time(10_000), 40);
     }
 
+    proptest::proptest! {
+        /// The sparse index agrees with a linear scan of the same entries.
+        #[test]
+        fn lookup_matches_linear_model(gaps in proptest::collection::vec((1u32..50, 1u32..5000), 0..200), probe in 0u32..20_000) {
+            let mut idx = SegmentIndex::default();
+            let (mut off, mut pos) = (0u32, 0u32);
+            for (d_off, d_pos) in gaps {
+                idx.push(off, pos, off as i64);
+                off += d_off;
+                pos += d_pos;
+            }
+            let model = idx.offsets.iter().rev().find(|e| e.relative_offset <= probe).map_or(0, |e| e.position);
+            proptest::prop_assert_eq!(idx.lookup(probe), model);
+        }
+    }
+
     #[test]
     fn offsets_round_trip_in_kafka_format() {
         let idx = sample();

@@ -2,6 +2,7 @@
 a Kafka error code; the broker keeps serving and data stays intact."""
 
 import os
+import random
 import socket
 import struct
 
@@ -37,7 +38,9 @@ def check_still_serving(broker, n):
     struct.pack(">i", 0x7FFFFFFF) + b"\x00" * 64,       # 2 GiB frame: refused before allocating
     struct.pack(">i", -5),                               # negative length
     struct.pack(">i", 3) + b"abc",                       # shorter than any header
-    os.urandom(4096),                                    # garbage
+    # garbage: a plausible length (so the broker reads the whole frame) then
+    # random bytes; a random length prefix could legitimately make it wait.
+    struct.pack(">i", 4092) + b"\xff\xff" + random.Random(7).randbytes(4090),
     frame(0x7FF0, 0, 1),                                 # unknown API key
     frame(0, 99, 1),                                     # unsupported Produce version
     frame(3, 1, 1, b"\xff\xff\xff\x7f"),                 # Metadata with a huge topic array

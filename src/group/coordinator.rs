@@ -351,6 +351,14 @@ impl Group {
     }
 }
 
+fn metadata_of(protocols: &[(String, Bytes)], name: &str) -> Bytes {
+    protocols
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, m)| m.clone())
+        .unwrap_or_default()
+}
+
 fn rand_u64() -> u64 {
     let mut buf = [0u8; 8];
     buf.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
@@ -450,6 +458,9 @@ impl GroupCoordinator {
             }
             member_id = group.new_member_id(&r.client_id);
             if r.require_known_member_id && r.instance_id.is_none() {
+                if group.pending.len() >= MAX_MEMBERS_PER_GROUP {
+                    return err(ResponseError::GroupMaxSizeReached);
+                }
                 group.pending.insert(member_id.clone(), now);
                 let mut result = JoinResult::error(ResponseError::MemberIdRequired, &member_id);
                 result.member_id = member_id;
@@ -458,7 +469,17 @@ impl GroupCoordinator {
         } else if !group.members.contains_key(&member_id)
             && group.pending.remove(&member_id).is_none()
         {
-            return err(ResponseError::UnknownMemberId);
+            let fenced = r.instance_id.as_ref().is_some_and(|i| {
+                group
+                    .members
+                    .values()
+                    .any(|m| m.instance_id.as_ref() == Some(i))
+            });
+            return err(if fenced {
+                ResponseError::FencedInstanceId
+            } else {
+                ResponseError::UnknownMemberId
+            });
         } else if let Some(instance) = &r.instance_id {
             if group
                 .members
@@ -525,15 +546,19 @@ impl GroupCoordinator {
             let _ = tx.send(Err(ResponseError::FencedInstanceId));
         }
         let new_id = group.new_member_id(&r.client_id);
+        let chosen = group.protocol.clone().unwrap_or_default();
+        let unchanged = old.metadata_for(&chosen) == metadata_of(&r.protocols, &chosen);
         old.id = new_id.clone();
         old.last_heartbeat = now;
         old.protocols = r.protocols;
         old.session_timeout = Duration::from_millis(r.session_timeout_ms as u64);
+        old.rebalance_timeout =
+            Duration::from_millis(r.rebalance_timeout_ms.max(r.session_timeout_ms) as u64);
         if group.leader.as_deref() == Some(old_id.as_str()) {
             group.leader = Some(new_id.clone());
         }
         group.members.insert(new_id.clone(), old);
-        if group.state == GroupState::Stable {
+        if group.state == GroupState::Stable && unchanged {
             let protocol = group.protocol.clone().unwrap_or_default();
             let leader = group.leader.clone().unwrap_or_default();
             let members = if leader == new_id {
@@ -580,7 +605,18 @@ impl GroupCoordinator {
         instance: Option<&str>,
     ) -> Result<(), ResponseError> {
         let Some(m) = group.members.get(member_id) else {
-            return Err(ResponseError::UnknownMemberId);
+            // An old member id of a static instance that has since rejoined.
+            let taken = instance.is_some_and(|i| {
+                group
+                    .members
+                    .values()
+                    .any(|m| m.instance_id.as_deref() == Some(i))
+            });
+            return Err(if taken {
+                ResponseError::FencedInstanceId
+            } else {
+                ResponseError::UnknownMemberId
+            });
         };
         if instance.is_some() && m.instance_id.as_deref() != instance {
             return Err(ResponseError::FencedInstanceId);
@@ -662,7 +698,7 @@ impl GroupCoordinator {
             .get_mut(group_id)
             .ok_or(ResponseError::UnknownMemberId)?;
         let Some(m) = group.members.get_mut(member_id) else {
-            return Err(ResponseError::UnknownMemberId);
+            return Self::check_member(group, member_id, generation, instance);
         };
         m.last_heartbeat = now;
         if group.state == GroupState::PreparingRebalance {
@@ -742,6 +778,9 @@ impl GroupCoordinator {
     ) -> Result<(), ResponseError> {
         let mut groups = self.groups.borrow_mut();
         if generation < 0 && member_id.is_empty() {
+            if !groups.contains_key(group_id) && groups.len() >= MAX_GROUPS_PER_SHARD {
+                return Err(ResponseError::CoordinatorNotAvailable);
+            }
             let group = groups
                 .entry(group_id.to_string())
                 .or_insert_with(|| Group::new(group_id));
@@ -1020,5 +1059,149 @@ mod tests {
         );
         c.apply_offset("solo", "t", 0, None);
         assert!(c.groups.borrow()["solo"].offsets.is_empty());
+    }
+
+    fn static_join(
+        c: &GroupCoordinator,
+        instance: &str,
+        metadata: &'static [u8],
+        now: Instant,
+    ) -> JoinOutcome {
+        c.join(
+            JoinRequest {
+                group_id: "s".into(),
+                member_id: String::new(),
+                instance_id: Some(instance.into()),
+                client_id: "c".into(),
+                client_host: "h".into(),
+                session_timeout_ms: 10_000,
+                rebalance_timeout_ms: 20_000,
+                protocol_type: "consumer".into(),
+                protocols: vec![("range".into(), Bytes::from_static(metadata))],
+                require_known_member_id: true,
+            },
+            now,
+        )
+    }
+
+    /// Runs a one-member generation to Stable and returns its member id.
+    fn stable_static(c: &GroupCoordinator, t0: Instant) -> String {
+        let mut rx = waited(static_join(c, "i-1", b"sub", t0));
+        c.tick(t0 + Duration::from_millis(400));
+        let r = rx.try_recv().unwrap().unwrap();
+        match c.sync(
+            "s",
+            &r.member_id,
+            r.generation,
+            Some("i-1"),
+            vec![(r.member_id.clone(), Bytes::from_static(b"A"))],
+            t0,
+        ) {
+            SyncOutcome::Completed { waiters, .. } => {
+                for (tx, a) in waiters {
+                    let _ = tx.send(Ok(a));
+                }
+            }
+            _ => panic!("the only member leads"),
+        }
+        r.member_id
+    }
+
+    #[test]
+    fn static_member_rejoins_without_rebalance_and_fences_its_old_id() {
+        let c = GroupCoordinator::new(GroupConfig::default());
+        let t0 = Instant::now();
+        let old = stable_static(&c, t0);
+        let again = now_result(static_join(&c, "i-1", b"sub", t0));
+        assert_eq!(again.error, None);
+        assert_eq!(again.generation, 1, "same generation: no rebalance");
+        assert_ne!(again.member_id, old);
+        assert_eq!(c.groups.borrow()["s"].state, GroupState::Stable);
+        match c.sync("s", &again.member_id, 1, Some("i-1"), vec![], t0) {
+            SyncOutcome::Now(Ok(a)) => assert_eq!(a, Bytes::from_static(b"A")),
+            _ => panic!("keeps its assignment"),
+        }
+        assert_eq!(
+            c.heartbeat("s", &old, 1, Some("i-1"), t0),
+            Err(ResponseError::FencedInstanceId)
+        );
+    }
+
+    #[test]
+    fn static_member_with_a_new_subscription_triggers_a_rebalance() {
+        let c = GroupCoordinator::new(GroupConfig::default());
+        let t0 = Instant::now();
+        stable_static(&c, t0);
+        let _rx = waited(static_join(&c, "i-1", b"other-topics", t0));
+        assert_eq!(c.groups.borrow()["s"].state, GroupState::PreparingRebalance);
+    }
+
+    #[test]
+    fn replay_rebuilds_offsets_groups_and_tombstones() {
+        use crate::group::records::{GroupValue, MemberValue};
+        let c = GroupCoordinator::new(GroupConfig::default());
+        let t0 = Instant::now();
+        let v = |o| {
+            Some(OffsetValue {
+                offset: o,
+                leader_epoch: 0,
+                metadata: String::new(),
+                commit_timestamp: 1,
+            })
+        };
+        c.apply_offset("g", "t", 0, v(10));
+        c.apply_offset("g", "t", 1, v(20));
+        c.apply_offset("g", "t", 0, v(15));
+        c.apply_offset("g", "t", 1, None);
+        let member = MemberValue {
+            member_id: "m-1".into(),
+            group_instance_id: None,
+            client_id: "c".into(),
+            client_host: "h".into(),
+            rebalance_timeout: 30_000,
+            session_timeout: 10_000,
+            subscription: Bytes::from_static(b"sub"),
+            assignment: Bytes::from_static(b"asg"),
+        };
+        c.apply_group(
+            "g",
+            Some(GroupValue {
+                protocol_type: "consumer".into(),
+                generation: 4,
+                protocol: Some("range".into()),
+                leader: Some("m-1".into()),
+                current_state_timestamp: 0,
+                members: vec![member],
+            }),
+            t0,
+        );
+        {
+            let groups = c.groups.borrow();
+            let g = &groups["g"];
+            assert_eq!(g.offsets.len(), 1);
+            assert_eq!(g.offsets[&("t".to_string(), 0)].offset, 15);
+            assert_eq!((g.state, g.generation), (GroupState::Stable, 4));
+        }
+        // The restored member keeps heartbeating in its generation...
+        assert_eq!(c.heartbeat("g", "m-1", 4, None, t0), Ok(()));
+        // ...and a group tombstone empties the group.
+        c.apply_group("g", None, t0);
+        assert!(c.groups.borrow()["g"].members.is_empty());
+    }
+
+    #[test]
+    fn pending_member_ids_are_bounded() {
+        let c = GroupCoordinator::new(GroupConfig::default());
+        let t0 = Instant::now();
+        for _ in 0..MAX_MEMBERS_PER_GROUP {
+            assert_eq!(
+                now_result(join(&c, "", t0)).error,
+                Some(ResponseError::MemberIdRequired)
+            );
+        }
+        assert_eq!(
+            now_result(join(&c, "", t0)).error,
+            Some(ResponseError::GroupMaxSizeReached)
+        );
     }
 }

@@ -22,9 +22,14 @@ pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
 /// copied into it and written out page-aligned by the flusher; a batch larger
 /// than the buffer takes the slow path and is written on its own.
 pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
-/// Bytes of recently appended batches each shard keeps in memory for
-/// tailing consumers.
-pub const DEFAULT_BATCH_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Share of physical memory, in percent, that the shards' caches of recently
+/// appended batches may hold together when `batch_cache_bytes` is not set.
+/// Consumers reading anything still cached (tailing or catching up) are
+/// served from memory without a device read; Kafka gets the same from the
+/// page cache, which takes whatever memory is free.
+pub const DEFAULT_BATCH_CACHE_MEMORY_PERCENT: u64 = 25;
+/// Smallest batch cache per shard, whatever the memory size.
+pub const MIN_BATCH_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Requests read ahead of the response being written on one connection
 /// (librdkafka keeps up to 5 in flight; Java up to 5 by default).
 pub const DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION: usize = 32;
@@ -96,7 +101,9 @@ pub struct Config {
     pub segment_bytes: u64,
     pub index_interval_bytes: u32,
     pub write_buffer_bytes: usize,
-    pub batch_cache_bytes: usize,
+    /// Per shard; `None`: DEFAULT_BATCH_CACHE_MEMORY_PERCENT of memory split
+    /// across the shards.
+    pub batch_cache_bytes: Option<usize>,
     pub max_in_flight_per_connection: usize,
     pub flush_policy: FlushPolicy,
     pub flush_interval_ms: u64,
@@ -124,7 +131,7 @@ impl Default for Config {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
-            batch_cache_bytes: DEFAULT_BATCH_CACHE_BYTES,
+            batch_cache_bytes: None,
             max_in_flight_per_connection: DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
             flush_policy: FlushPolicy::GroupCommit,
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
@@ -190,6 +197,15 @@ impl Config {
         Ok(())
     }
 
+    /// Bytes of batch cache for each of `shards` shards.
+    pub fn batch_cache_bytes_per_shard(&self, shards: usize) -> usize {
+        self.batch_cache_bytes.unwrap_or_else(|| {
+            let memory = physical_memory_bytes().unwrap_or(0);
+            let share = memory / 100 * DEFAULT_BATCH_CACHE_MEMORY_PERCENT / shards.max(1) as u64;
+            (share as usize).max(MIN_BATCH_CACHE_BYTES)
+        })
+    }
+
     /// Host and port given to clients in Metadata and FindCoordinator.
     pub fn advertised(&self) -> (String, i32) {
         let addr = self.advertise.clone().unwrap_or_else(|| {
@@ -214,4 +230,16 @@ impl Config {
                 .unwrap_or(1)
         })
     }
+}
+
+/// Physical memory of the host, if the system says.
+pub fn physical_memory_bytes() -> Option<u64> {
+    // SAFETY: sysconf only reads system constants.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
 }

@@ -9,12 +9,15 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, RawFd};
+
+use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::protocol::{self, Decoded};
+use crate::protocol::{self, ResponseFrame};
 use crate::shard::Shard;
 
 /// The stream shared by the reader and the writer of one connection; each
@@ -84,7 +87,7 @@ async fn wait_shutdown(shard: &Shard) {
     }
 }
 
-type ResponseTask = glommio::task::JoinHandle<Option<BytesMut>>;
+type ResponseTask = glommio::task::JoinHandle<Option<ResponseFrame>>;
 
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
@@ -99,7 +102,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) -> std::io::Resul
             let response = task.await;
             writer_shard.in_flight.set(writer_shard.in_flight.get() - 1);
             match response {
-                Some(Some(bytes)) => writer_stream.write_all(&bytes).await?,
+                Some(Some(frame)) => write_frame(&mut writer_stream, &frame).await?,
                 Some(None) => {}
                 None => break,
             }
@@ -148,7 +151,10 @@ async fn read_requests(
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
         let handler_shard = shard.clone();
         shard.in_flight.set(shard.in_flight.get() + 1);
-        let task = glommio::spawn_local(async move { respond(handler_shard, decoded, peer).await })
+        let task =
+            glommio::spawn_local(
+                async move { protocol::handle(handler_shard, decoded, peer).await },
+            )
             .detach();
         if tx.send(task).await.is_err() {
             return Ok(());
@@ -156,13 +162,69 @@ async fn read_requests(
     }
 }
 
-async fn respond(
-    shard: Rc<Shard>,
-    decoded: Decoded,
-    peer: Option<std::net::SocketAddr>,
-) -> Option<BytesMut> {
-    let mut out = protocol::handle(shard, decoded, peer).await?;
-    let len = (out.len() - 4) as i32;
-    (&mut out[..4]).put_i32(len);
-    Some(out)
+/// Most parts passed to one sendmsg (IOV_MAX is 1024 on Linux).
+const MAX_PARTS_PER_SEND: usize = 256;
+
+/// Writes a frame's parts in order: vectored non-blocking sends while the
+/// socket takes them, the reactor's write (which waits for room) otherwise.
+async fn write_frame(stream: &mut SharedStream, frame: &ResponseFrame) -> std::io::Result<()> {
+    let parts = &frame.parts;
+    let (mut index, mut offset) = (0usize, 0usize);
+    while index < parts.len() {
+        if offset == parts[index].len() {
+            index += 1;
+            offset = 0;
+            continue;
+        }
+        let sent = {
+            let iov: Vec<IoSlice<'_>> = parts[index..]
+                .iter()
+                .take(MAX_PARTS_PER_SEND)
+                .enumerate()
+                .map(|(i, p)| IoSlice::new(if i == 0 { &p[offset..] } else { &p[..] }))
+                .collect();
+            send_vectored(stream.0.borrow().as_raw_fd(), &iov)
+        };
+        let mut sent = match sent {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let n = stream.write(&parts[index][offset..]).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                n
+            }
+            Err(e) => return Err(e),
+        };
+        while sent > 0 {
+            let left = parts[index].len() - offset;
+            if sent < left {
+                offset += sent;
+                sent = 0;
+            } else {
+                sent -= left;
+                index += 1;
+                offset = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One non-blocking sendmsg of `iov`.
+fn send_vectored(fd: RawFd, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    // SAFETY: IoSlice is ABI-compatible with iovec; the message header
+    // points only at `iov`, which outlives the call.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }

@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use crate::log::{read_batches, Log, LogConfig, LogError};
 use crate::producer_state::{ProducerStates, SequenceCheck};
-use crate::record::{self, BatchError, BatchHeader};
+use crate::record::{self, BatchError, BatchHeader, RecordSet, RecordSetBuilder};
 
 #[derive(Debug, Error)]
 pub enum PartitionError {
@@ -77,21 +77,22 @@ impl BatchCache {
         }
     }
 
-    /// Whole batches from the one holding `offset`, below `end`, about `max` bytes.
-    fn read(&self, offset: i64, end: i64, max: usize) -> Option<Bytes> {
+    /// Whole batches from the one holding `offset`, below `end`, about `max`
+    /// bytes, by reference.
+    fn read(&self, offset: i64, end: i64, max: usize) -> Option<RecordSet> {
         let (front_base, _, _) = self.batches.front()?;
         if *front_base > offset {
             return None;
         }
         let start = self.batches.partition_point(|(_, last, _)| *last < offset);
-        let mut out = BytesMut::new();
+        let mut out = RecordSetBuilder::default();
         for (base, _, b) in self.batches.iter().skip(start) {
             if *base >= end || (!out.is_empty() && out.len() + b.len() > max) {
                 break;
             }
-            out.extend_from_slice(b);
+            out.push(b.clone());
         }
-        Some(out.freeze())
+        Some(out.finish())
     }
 }
 
@@ -105,7 +106,7 @@ pub struct Appended {
 /// Records read for a fetch plus the partition's offsets at that time.
 #[derive(Debug, Clone)]
 pub struct FetchedData {
-    pub records: Bytes,
+    pub records: RecordSet,
     pub high_watermark: i64,
     pub log_start_offset: i64,
 }
@@ -464,7 +465,7 @@ impl Partition {
             return Err(PartitionError::OffsetOutOfRange(offset));
         }
         if offset >= hw {
-            return Ok(data(Bytes::new()));
+            return Ok(data(RecordSet::default()));
         }
         if let Some(b) = self.cache.borrow().read(offset, hw, max_bytes) {
             return Ok(data(b));
@@ -472,7 +473,7 @@ impl Partition {
         let mut cursor = offset;
         loop {
             let Some(plan) = self.log.borrow().locate(cursor) else {
-                return Ok(data(Bytes::new()));
+                return Ok(data(RecordSet::default()));
             };
             let bytes = read_batches(&plan, cursor, hw, max_bytes).await?;
             match (bytes.is_empty(), plan.next_segment) {
@@ -517,7 +518,7 @@ impl Partition {
                     _ => return Ok(None),
                 }
             }
-            let mut rest = bytes.clone();
+            let mut rest = bytes.to_bytes();
             while rest.len() >= record::BATCH_HEADER_BYTES {
                 let (size, max_ts, last) = {
                     let h = BatchHeader::parse(&rest)?;
@@ -635,7 +636,8 @@ mod tests {
             }
             assert_eq!(p.high_watermark(), 15);
             let data = p.read(4, 1 << 20).await.unwrap();
-            let h = BatchHeader::parse(&data.records).unwrap();
+            let records = data.records.to_bytes();
+            let h = BatchHeader::parse(&records).unwrap();
             assert_eq!(h.base_offset(), 3);
             assert_eq!(p.offset_for_timestamp(1).await.unwrap(), Some((1, 1)));
         });

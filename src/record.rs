@@ -5,7 +5,7 @@
 //! path reads the 61-byte header, checks the CRC32C and patches the base offset
 //! and leader epoch (neither is covered by the CRC), never decoding records.
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
 
 /// Size of the v2 batch header up to the first record.
@@ -193,6 +193,20 @@ pub fn assign_offsets(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
         .copy_from_slice(&leader_epoch.to_be_bytes());
 }
 
+/// Moves a batch's timestamps so that its first record is at `base_timestamp`
+/// (record deltas unchanged) and recomputes its CRC. Used by clients that
+/// resend one encoded batch.
+pub fn set_timestamps(batch: &mut [u8], base_timestamp: i64) {
+    let old_base = be_i64(batch, BASE_TIMESTAMP);
+    let max = be_i64(batch, MAX_TIMESTAMP);
+    batch[BASE_TIMESTAMP..BASE_TIMESTAMP + 8].copy_from_slice(&base_timestamp.to_be_bytes());
+    let new_max = base_timestamp + (max - old_base);
+    batch[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&new_max.to_be_bytes());
+    let size = (LOG_OVERHEAD + be_i32(batch, BATCH_LENGTH) as usize).min(batch.len());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES..size]);
+    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Splits a produce request's record set into whole batches, validating each.
 pub fn split_batches(mut records: &[u8], max_batch_bytes: usize) -> Result<Vec<usize>, BatchError> {
     let mut sizes = Vec::new();
@@ -230,6 +244,111 @@ pub fn record_positions(batch: &Bytes) -> Result<Vec<RecordPosition>, BatchError
             timestamp: r.timestamp,
         })
         .collect())
+}
+
+/// Batches smaller than this are copied together when a fetch response is
+/// assembled, so a response of many small batches stays a few parts.
+pub const COALESCE_BATCH_BYTES: usize = 16 * 1024;
+
+/// Whole record batches for a fetch response, kept as the shared buffers
+/// they were cached or read into: the response is written from them without
+/// another copy.
+#[derive(Debug, Clone, Default)]
+pub struct RecordSet {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl RecordSet {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    /// The batches as one buffer (copies unless there is a single part).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.parts.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut out = BytesMut::with_capacity(self.len);
+                for p in many {
+                    out.extend_from_slice(p);
+                }
+                out.freeze()
+            }
+        }
+    }
+}
+
+impl From<Bytes> for RecordSet {
+    fn from(b: Bytes) -> RecordSet {
+        let mut builder = RecordSetBuilder::default();
+        builder.push(b);
+        builder.finish()
+    }
+}
+
+/// Collects batches into a [`RecordSet`]: large ones by reference, small
+/// ones copied into a shared buffer.
+#[derive(Debug, Default)]
+pub struct RecordSetBuilder {
+    parts: Vec<Bytes>,
+    small: BytesMut,
+    len: usize,
+}
+
+impl RecordSetBuilder {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds a shared buffer, by reference unless it is small.
+    pub fn push(&mut self, b: Bytes) {
+        self.len += b.len();
+        if b.len() < COALESCE_BATCH_BYTES {
+            self.small.extend_from_slice(&b);
+        } else if !b.is_empty() {
+            self.flush_small();
+            self.parts.push(b);
+        }
+    }
+
+    /// Adds bytes from a buffer that is not kept (one copy).
+    pub fn push_slice(&mut self, b: &[u8]) {
+        if b.len() < COALESCE_BATCH_BYTES {
+            self.small.extend_from_slice(b);
+        } else {
+            self.flush_small();
+            self.parts.push(Bytes::copy_from_slice(b));
+        }
+        self.len += b.len();
+    }
+
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            self.parts.push(self.small.split().freeze());
+        }
+    }
+
+    pub fn finish(mut self) -> RecordSet {
+        self.flush_small();
+        RecordSet {
+            parts: self.parts,
+            len: self.len,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -376,5 +495,33 @@ pub mod tests {
         batch[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&i32::MAX.to_be_bytes());
         let h = BatchHeader::parse(&batch).unwrap();
         assert_eq!(h.last_sequence(), 1);
+    }
+
+    #[test]
+    fn set_timestamps_keeps_the_batch_valid() {
+        let mut batch = make_batch(10, Compression::None, 100);
+        let before = BatchHeader::parse(&batch).unwrap().max_timestamp()
+            - BatchHeader::parse(&batch).unwrap().base_timestamp();
+        set_timestamps(&mut batch, 1_700_000_000_000);
+        let h = BatchHeader::parse(&batch).unwrap();
+        assert_eq!(h.base_timestamp(), 1_700_000_000_000);
+        assert_eq!(h.max_timestamp() - h.base_timestamp(), before);
+        assert_eq!(validate_batch(&batch, 1 << 20).unwrap(), batch.len());
+    }
+
+    #[test]
+    fn record_sets_keep_large_parts_and_coalesce_small_ones() {
+        let mut b = RecordSetBuilder::default();
+        b.push(Bytes::from(vec![1u8; 10]));
+        b.push(Bytes::from(vec![2u8; 20]));
+        b.push(Bytes::from(vec![3u8; COALESCE_BATCH_BYTES]));
+        b.push_slice(&[4u8; 5]);
+        let set = b.finish();
+        assert_eq!(set.len(), 35 + COALESCE_BATCH_BYTES);
+        let lens: Vec<usize> = set.parts().iter().map(Bytes::len).collect();
+        assert_eq!(lens, vec![30, COALESCE_BATCH_BYTES, 5]);
+        let all = set.to_bytes();
+        assert_eq!(&all[..10], &[1u8; 10]);
+        assert_eq!(all[all.len() - 1], 4);
     }
 }

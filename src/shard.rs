@@ -66,7 +66,7 @@ impl Shard {
         senders: Senders<Job>,
     ) -> Rc<Shard> {
         let (doorbell, rx) = local_channel::new_bounded(1);
-        let budget = CacheBudget::new(config.batch_cache_bytes);
+        let budget = CacheBudget::new(config.batch_cache_bytes_per_shard(count));
         let groups = crate::group::GroupCoordinator::new(crate::group::GroupConfig {
             min_session_timeout_ms: config.group_min_session_timeout_ms,
             max_session_timeout_ms: config.group_max_session_timeout_ms,

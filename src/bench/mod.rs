@@ -136,11 +136,11 @@ pub fn run_bench(mode: Mode, o: &BenchOptions) -> Result<Summary> {
     let deadline = start + Duration::from_secs(o.duration_s + o.warmup_s);
     let warm_at = start + Duration::from_secs(o.warmup_s);
     let result = match mode {
-        Mode::Produce => producer::run_all(o, &partitions, &live, warm_at, deadline),
+        Mode::Produce => producer::run_all(o, &partitions, &live, warm_at, deadline, false),
         Mode::Consume => consumer::run_catch_up(o, &partitions, &live, deadline),
         Mode::E2e => {
             let consumers = consumer::start_tailing(o, &partitions, &live, warm_at, deadline)?;
-            let produced = producer::run_all(o, &partitions, &live, warm_at, deadline)?;
+            let produced = producer::run_all(o, &partitions, &live, warm_at, deadline, true)?;
             let consumed = consumers.join()?;
             Ok(report::merge_e2e(produced, consumed))
         }

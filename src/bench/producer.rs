@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Result};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
@@ -19,6 +19,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::report::{new_histogram, Outcome};
 use super::wire::{self, PRODUCE_VERSION};
 use super::{BenchOptions, Live, MAX_IN_FLIGHT};
+use crate::record;
 
 /// A request in flight: its messages were due at `first_due + k * spacing`.
 struct InFlight {
@@ -34,6 +35,7 @@ pub fn run_all(
     live: &Arc<Live>,
     warm_at: Instant,
     deadline: Instant,
+    stamp: bool,
 ) -> Result<Outcome> {
     let producers = o.producers.max(1);
     let mut handles = Vec::new();
@@ -45,7 +47,7 @@ pub fn run_all(
                 .name(format!("bench-producer-{id}"))
                 .spawn(move || {
                     pin(id);
-                    produce(id, &o, &mine, &live, warm_at, deadline)
+                    produce(id, &o, &mine, &live, (warm_at, deadline), stamp)
                 })?,
         );
     }
@@ -110,13 +112,17 @@ pub fn unix_micros(t: Instant) -> u64 {
     (now_unix + delta).max(0) as u64
 }
 
+/// One producer's loop. With `stamp`, each value starts with the unix
+/// microsecond it was due (for end-to-end latency); without it and without
+/// keys, one encoded batch per size is resent with fresh timestamps, so the
+/// generator spends its time sending rather than encoding.
 fn produce(
     id: usize,
     o: &BenchOptions,
     mine: &[i32],
     live: &Arc<Live>,
-    warm_at: Instant,
-    deadline: Instant,
+    (warm_at, deadline): (Instant, Instant),
+    stamp: bool,
 ) -> Result<Outcome> {
     let mut stream = wire::connect(&o.bootstrap)?;
     let compression = wire::compression(&o.compression)?;
@@ -137,7 +143,9 @@ fn produce(
         Duration::ZERO
     };
     let linger = Duration::from_millis(o.linger_ms);
-    let e2e = o.message_bytes >= 8;
+    let e2e = stamp && o.message_bytes >= 8;
+    let reuse = !e2e && o.keys == 0;
+    let mut template: Option<(usize, BytesMut)> = None;
     let mut next_due = Instant::now();
     let mut correlation = 0i32;
     let mut counter = 0u64;
@@ -164,25 +172,37 @@ fn produce(
         let mut partition_data = Vec::with_capacity(parts.len());
         let mut bytes = 0u64;
         for (pi, p) in parts.iter().enumerate() {
-            let mut values = Vec::with_capacity(n);
-            let mut keys = Vec::with_capacity(n);
-            for k in 0..n {
-                let due = first_due + spacing * k as u32;
-                let mut v = base.to_vec();
-                if e2e {
-                    v[..8].copy_from_slice(&unix_micros(due).to_be_bytes());
+            let records = if reuse {
+                if template.as_ref().is_none_or(|(size, _)| *size != n) {
+                    let values = vec![base.clone(); n];
+                    let batch = wire::batch(&values, &vec![None; n], compression)?;
+                    template = Some((n, BytesMut::from(&batch[..])));
                 }
-                values.push(Bytes::from(v));
-                keys.push((o.keys > 0).then(|| {
-                    Bytes::from(format!("key-{}", (counter + (pi * n + k) as u64) % o.keys))
-                }));
-            }
+                let (_, t) = template.as_mut().expect("just built");
+                record::set_timestamps(t, crate::group::coordinator::now_ms());
+                Bytes::copy_from_slice(t)
+            } else {
+                let mut values = Vec::with_capacity(n);
+                let mut keys = Vec::with_capacity(n);
+                for k in 0..n {
+                    let due = first_due + spacing * k as u32;
+                    let mut v = base.to_vec();
+                    if e2e {
+                        v[..8].copy_from_slice(&unix_micros(due).to_be_bytes());
+                    }
+                    values.push(Bytes::from(v));
+                    keys.push((o.keys > 0).then(|| {
+                        Bytes::from(format!("key-{}", (counter + (pi * n + k) as u64) % o.keys))
+                    }));
+                }
+                wire::batch(&values, &keys, compression)?
+            };
             counter += n as u64;
             bytes += (n * o.message_bytes) as u64;
             partition_data.push(
                 PartitionProduceData::default()
                     .with_index(*p)
-                    .with_records(Some(wire::batch(&values, &keys, compression)?)),
+                    .with_records(Some(records)),
             );
         }
         let request = ProduceRequest::default()

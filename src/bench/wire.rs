@@ -117,9 +117,11 @@ pub fn frame<Req: Encodable>(
         .with_request_api_version(version)
         .with_correlation_id(correlation)
         .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
-    let mut buf = BytesMut::with_capacity(256);
+    let header_version = api_key.request_header_version(version);
+    let size = 4 + header.compute_size(header_version)? + req.compute_size(version)?;
+    let mut buf = BytesMut::with_capacity(size);
     buf.put_i32(0);
-    header.encode(&mut buf, api_key.request_header_version(version))?;
+    header.encode(&mut buf, header_version)?;
     req.encode(&mut buf, version)?;
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());

@@ -11,11 +11,11 @@ pub mod segment;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use glommio::io::DmaFile;
 use thiserror::Error;
 
-use crate::record::{validate_batch, BatchHeader, LOG_OVERHEAD};
+use crate::record::{validate_batch, BatchHeader, RecordSet, RecordSetBuilder, LOG_OVERHEAD};
 use segment::{align_down, Segment};
 
 /// Bytes read per I/O while recovering a segment.
@@ -350,15 +350,16 @@ async fn recover_segment(
 
 /// Reads whole batches starting with the one holding `offset`, stopping
 /// before `end_offset` (the high watermark) and at about `max_bytes` (but
-/// always at least one batch). Returns the bytes and the offset after them.
+/// always at least one batch). Each read's run of whole batches is copied
+/// once out of the DMA buffer.
 pub async fn read_batches(
     plan: &ReadPlan,
     offset: i64,
     end_offset: i64,
     max_bytes: usize,
-) -> Result<Bytes, LogError> {
+) -> Result<RecordSet, LogError> {
     let mut position = plan.position;
-    let mut out = BytesMut::new();
+    let mut out = RecordSetBuilder::default();
     let mut want = max_bytes.max(MIN_DISK_READ_BYTES);
     while position < plan.limit {
         let available = (plan.limit - position) as usize;
@@ -367,27 +368,39 @@ pub async fn read_batches(
             .read_at(position, want.min(available))
             .await
             .map_err(|e| LogError::io("read", &plan.path, e))?;
+        // Whole batches to return are chunk[first..at].
+        let mut first = None;
         let mut at = 0usize;
         let mut larger = 0usize;
+        let mut done = false;
         while chunk.len() - at >= LOG_OVERHEAD {
             let Ok(h) = BatchHeader::parse(&chunk[at..]) else {
                 break;
             };
             let size = h.total_size();
             if h.base_offset() >= end_offset || size <= LOG_OVERHEAD {
-                return Ok(out.freeze());
+                done = true;
+                break;
             }
             if chunk.len() - at < size {
                 larger = size;
                 break;
             }
             if h.last_offset() >= offset {
-                if !out.is_empty() && out.len() + size > max_bytes {
-                    return Ok(out.freeze());
+                let taken = out.len() + first.map_or(0, |f| at - f);
+                if taken > 0 && taken + size > max_bytes {
+                    done = true;
+                    break;
                 }
-                out.extend_from_slice(&chunk[at..at + size]);
+                first.get_or_insert(at);
             }
             at += size;
+        }
+        if let Some(f) = first {
+            out.push_slice(&chunk[f..at]);
+        }
+        if done {
+            break;
         }
         if at == 0 {
             if larger > want && larger <= available {
@@ -401,7 +414,7 @@ pub async fn read_batches(
             break;
         }
     }
-    Ok(out.freeze())
+    Ok(out.finish())
 }
 
 #[cfg(test)]
@@ -474,6 +487,7 @@ mod tests {
                     None => break,
                 }
             }
+            let bytes = bytes.to_bytes();
             let mut rest = &bytes[..];
             while !rest.is_empty() {
                 let h = BatchHeader::parse(rest).unwrap();

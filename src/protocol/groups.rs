@@ -131,7 +131,7 @@ pub async fn load_groups(shard: &Rc<Shard>) -> Result<(), String> {
             if data.records.is_empty() {
                 break;
             }
-            let mut buf = data.records.clone();
+            let mut buf = data.records.to_bytes();
             while !buf.is_empty() {
                 let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf)
                     .map_err(|e| e.to_string())?;

@@ -116,12 +116,11 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
 }
 
 /// Serves one request; `None` means no response (produce with acks=0).
-/// The returned buffer starts with 4 bytes reserved for the frame length.
 pub async fn handle(
     shard: Rc<Shard>,
     d: Decoded,
     peer: Option<std::net::SocketAddr>,
-) -> Option<BytesMut> {
+) -> Option<ResponseFrame> {
     let client = groups::Client {
         client_id: d
             .header
@@ -131,14 +130,99 @@ pub async fn handle(
             .unwrap_or_default(),
         host: peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
     };
+    let correlation_id = d.header.correlation_id;
     let (response, version) = match d.request {
         None => (ResponseKind::ApiVersions(api_versions::unsupported()), 0),
+        // Fetch responses keep their record sets by reference.
+        Some(RequestKind::Fetch(r)) => {
+            let reply = fetch::handle(&shard, r, d.version).await;
+            let mut frame = FrameBuilder::new(ApiKey::Fetch, d.version, correlation_id);
+            reply.encode(&mut frame, d.version);
+            return Some(frame.finish());
+        }
         Some(request) => (
             dispatch(&shard, request, d.version, client).await?,
             d.version,
         ),
     };
-    encode_response(d.api_key, version, d.header.correlation_id, &response)
+    let body = encode_response(d.api_key, version, correlation_id, &response)?;
+    Some(ResponseFrame::from_encoded(body))
+}
+
+/// A response frame ready to write: the 4-byte length prefix, the header
+/// and the body, as parts written in order with one vectored send.
+#[derive(Debug, Default)]
+pub struct ResponseFrame {
+    pub parts: Vec<Bytes>,
+}
+
+impl ResponseFrame {
+    /// A frame encoded in one buffer whose first 4 bytes are reserved for
+    /// the length.
+    fn from_encoded(mut out: BytesMut) -> ResponseFrame {
+        let len = (out.len() - 4) as i32;
+        (&mut out[..4]).put_i32(len);
+        ResponseFrame {
+            parts: vec![out.freeze()],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Builds a [`ResponseFrame`]: fields are encoded into a head buffer, record
+/// sets are appended by reference (small ones copied into the head).
+pub struct FrameBuilder {
+    parts: Vec<Bytes>,
+    head: BytesMut,
+}
+
+impl FrameBuilder {
+    fn new(api_key: ApiKey, version: i16, correlation_id: i32) -> FrameBuilder {
+        let mut head = BytesMut::with_capacity(1024);
+        ResponseHeader::default()
+            .with_correlation_id(correlation_id)
+            .encode(&mut head, api_key.response_header_version(version))
+            .expect("a response header always encodes");
+        FrameBuilder {
+            parts: Vec::new(),
+            head,
+        }
+    }
+
+    /// The buffer that fields are encoded into.
+    pub fn head(&mut self) -> &mut BytesMut {
+        &mut self.head
+    }
+
+    pub fn records(&mut self, set: &crate::record::RecordSet) {
+        for part in set.parts() {
+            if part.len() < crate::record::COALESCE_BATCH_BYTES {
+                self.head.extend_from_slice(part);
+            } else {
+                if !self.head.is_empty() {
+                    self.parts.push(self.head.split().freeze());
+                }
+                self.parts.push(part.clone());
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> ResponseFrame {
+        if !self.head.is_empty() {
+            self.parts.push(self.head.split().freeze());
+        }
+        let len: usize = self.parts.iter().map(Bytes::len).sum();
+        let prefix = Bytes::copy_from_slice(&(len as i32).to_be_bytes());
+        self.parts.insert(0, prefix);
+        ResponseFrame { parts: self.parts }
+    }
 }
 
 async fn dispatch(
@@ -151,7 +235,6 @@ async fn dispatch(
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle(v)),
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(shard, r, v).await),
         RequestKind::Produce(r) => ResponseKind::Produce(produce::handle(shard, r, v).await?),
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(shard, r, v).await),
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets::handle(shard, r, v).await)
         }

@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -39,10 +39,20 @@ pub enum PartitionError {
     Deleted,
 }
 
-/// Bytes of recent batches cached by all partitions of one shard.
+/// A cached batch in the shard's eviction order: its partition's cache,
+/// base offset and size.
+type CachedEntry = (Weak<RefCell<BatchCache>>, i64, usize);
+
+/// Bytes of recent batches cached by all partitions of one shard, evicted
+/// oldest first across the shard's partitions, so a partition written long
+/// ago does not keep its batches while a busy one loses its newest.
 pub struct CacheBudget {
     used: Cell<usize>,
     limit: usize,
+    /// Every cached batch in insertion order: its partition's cache, base
+    /// offset and size. A batch cleared or dropped with its partition stays
+    /// counted until its entry comes up here.
+    order: RefCell<VecDeque<CachedEntry>>,
 }
 
 impl CacheBudget {
@@ -50,7 +60,28 @@ impl CacheBudget {
         Rc::new(CacheBudget {
             used: Cell::new(0),
             limit,
+            order: RefCell::new(VecDeque::new()),
         })
+    }
+
+    /// Accounts for a batch just cached, then evicts the shard's oldest
+    /// batches while over the limit.
+    fn admit(&self, cache: &Rc<RefCell<BatchCache>>, base: i64, len: usize) {
+        self.used.set(self.used.get() + len);
+        let mut order = self.order.borrow_mut();
+        order.push_back((Rc::downgrade(cache), base, len));
+        while self.used.get() > self.limit {
+            let Some((victim, base, len)) = order.pop_front() else {
+                break;
+            };
+            if let Some(victim) = victim.upgrade() {
+                let mut victim = victim.borrow_mut();
+                if victim.batches.front().is_some_and(|(b, _, _)| *b == base) {
+                    victim.batches.pop_front();
+                }
+            }
+            self.used.set(self.used.get() - len);
+        }
     }
 }
 
@@ -60,21 +91,8 @@ struct BatchCache {
 }
 
 impl BatchCache {
-    fn insert(&mut self, base: i64, last: i64, bytes: Bytes, budget: &CacheBudget) {
-        budget.used.set(budget.used.get() + bytes.len());
-        self.batches.push_back((base, last, bytes));
-        while budget.used.get() > budget.limit {
-            let Some((_, _, b)) = self.batches.pop_front() else {
-                break;
-            };
-            budget.used.set(budget.used.get() - b.len());
-        }
-    }
-
-    fn clear(&mut self, budget: &CacheBudget) {
-        for (_, _, b) in self.batches.drain(..) {
-            budget.used.set(budget.used.get() - b.len());
-        }
+    fn clear(&mut self) {
+        self.batches.clear();
     }
 
     /// Whole batches from the one holding `offset`, below `end`, about `max`
@@ -126,7 +144,7 @@ pub struct Partition {
     data_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     poisoned: Cell<bool>,
     deleted: Cell<bool>,
-    cache: RefCell<BatchCache>,
+    cache: Rc<RefCell<BatchCache>>,
     budget: Rc<CacheBudget>,
     dirty: Cell<bool>,
     max_batch_bytes: usize,
@@ -173,7 +191,7 @@ impl Partition {
             data_waiters: RefCell::new(Vec::new()),
             poisoned: Cell::new(false),
             deleted: Cell::new(false),
-            cache: RefCell::new(BatchCache::default()),
+            cache: Rc::new(RefCell::new(BatchCache::default())),
             budget,
             dirty: Cell::new(false),
             max_batch_bytes,
@@ -318,9 +336,12 @@ impl Partition {
         self.producers.borrow_mut().record(&header);
         log.append(&batch);
         drop(log);
+        let len = batch.len();
         self.cache
             .borrow_mut()
-            .insert(base, last, batch.freeze(), &self.budget);
+            .batches
+            .push_back((base, last, batch.freeze()));
+        self.budget.admit(&self.cache, base, len);
         Ok((base, last))
     }
 
@@ -572,7 +593,7 @@ impl Partition {
         for tx in self.data_waiters.borrow_mut().drain(..) {
             let _ = tx.send(());
         }
-        self.cache.borrow_mut().clear(&self.budget);
+        self.cache.borrow_mut().clear();
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -588,6 +609,45 @@ fn write_leader_epoch_checkpoint(dir: &std::path::Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bases(c: &Rc<RefCell<BatchCache>>) -> Vec<i64> {
+        c.borrow().batches.iter().map(|(b, _, _)| *b).collect()
+    }
+
+    #[test]
+    fn cache_evicts_the_shards_oldest_batches_first() {
+        let budget = CacheBudget::new(300);
+        let a = Rc::new(RefCell::new(BatchCache::default()));
+        let b = Rc::new(RefCell::new(BatchCache::default()));
+        let put = |c: &Rc<RefCell<BatchCache>>, base: i64| {
+            c.borrow_mut()
+                .batches
+                .push_back((base, base, Bytes::from(vec![0u8; 100])));
+            budget.admit(c, base, 100);
+        };
+        for base in 0..3 {
+            put(&a, base);
+        }
+        put(&b, 0);
+        assert_eq!((bases(&a), bases(&b)), (vec![1, 2], vec![0]));
+        put(&b, 1);
+        assert_eq!((bases(&a), bases(&b)), (vec![2], vec![0, 1]));
+        a.borrow_mut().clear();
+        put(&b, 2);
+        assert_eq!(bases(&b), vec![0, 1, 2], "the cleared batch made the room");
+        put(&b, 3);
+        assert_eq!(bases(&b), vec![1, 2, 3], "b's oldest went first");
+        assert_eq!(budget.used.get(), 300);
+        drop(b);
+        put(&a, 10);
+        put(&a, 11);
+        assert_eq!(
+            bases(&a),
+            vec![10, 11],
+            "a dropped cache's bytes count until evicted"
+        );
+        assert_eq!(budget.used.get(), 300);
+    }
     use crate::record::tests::make_batch;
     use kafka_protocol::records::Compression;
 

@@ -175,7 +175,7 @@ async fn shard_main(
     let listener = glommio::net::TcpListener::bind(shard.config.listen.as_str())
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", shard.config.listen))?;
     if id == 0 {
-        tracing::info!(listen = %shard.config.listen, shards = count, data_dir = %shard.config.data_dir.display(), "ringtail serving");
+        tracing::info!(listen = %shard.config.listen, shards = count, data_dir = %shard.config.data_dir.display(), batch_cache_bytes_per_shard = shard.config.batch_cache_bytes_per_shard(count), "ringtail serving");
     }
     let watcher = {
         let (shard, phases) = (shard.clone(), phases.clone());

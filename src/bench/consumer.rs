@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Result};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::*;
@@ -85,6 +85,7 @@ struct Reader {
     stream: std::net::TcpStream,
     topic: TopicName,
     correlation: i32,
+    buf: BytesMut,
 }
 
 impl Reader {
@@ -113,8 +114,12 @@ impl Reader {
             &mut self.stream,
             &wire::frame(ApiKey::Fetch, FETCH_VERSION, self.correlation, &req)?,
         )?;
-        let (_, resp): (i32, FetchResponse) =
-            wire::read_response(&mut self.stream, ApiKey::Fetch, FETCH_VERSION)?;
+        let (_, resp): (i32, FetchResponse) = wire::read_response_into(
+            &mut self.stream,
+            ApiKey::Fetch,
+            FETCH_VERSION,
+            &mut self.buf,
+        )?;
         Ok(resp
             .responses
             .into_iter()
@@ -135,6 +140,7 @@ fn reader(o: &BenchOptions) -> Result<Reader> {
         stream: wire::connect(&o.bootstrap)?,
         topic: TopicName(StrBytes::from_string(o.topic.clone())),
         correlation: 0,
+        buf: BytesMut::new(),
     })
 }
 

@@ -79,6 +79,10 @@ pub struct BenchOptions {
     pub duration_s: u64,
     #[arg(long, default_value_t = 2, global = true)]
     pub warmup_s: u64,
+    /// Produce: stop once this many messages are sent over all producers,
+    /// rounded up to whole batches (0: run for the duration).
+    #[arg(long, default_value_t = 0, global = true)]
+    pub messages: u64,
     /// Messages per second over all producers (0: as fast as possible).
     #[arg(long, default_value_t = 0, global = true)]
     pub rate: u64,

@@ -151,7 +151,12 @@ fn produce(
     let mut counter = 0u64;
     let mut round = 0usize;
     let topic = TopicName(StrBytes::from_string(o.topic.clone()));
-    while Instant::now() < deadline && !live.stop.load(Ordering::Relaxed) {
+    let producers = o.producers.max(1) as u64;
+    let quota = match o.messages {
+        0 => u64::MAX,
+        m => m / producers + u64::from((id as u64) < m % producers),
+    };
+    while Instant::now() < deadline && !live.stop.load(Ordering::Relaxed) && counter < quota {
         // Open loop: a batch holds the messages due within the linger window.
         let (n, parts): (usize, Vec<i32>) = if rate > 0.0 {
             let n = ((linger.as_secs_f64() * rate) as usize).clamp(1, per_batch);
@@ -246,16 +251,23 @@ fn read_acks(
         ..Outcome::default()
     };
     let hist: &mut Histogram<u64> = &mut out.latency;
+    let mut last_ack = warm_at;
     while let Ok(f) = rx.recv() {
         let (_, resp): (i32, ProduceResponse) =
             wire::read_response(&mut stream, ApiKey::Produce, PRODUCE_VERSION)?;
         let now = Instant::now();
-        let failed = resp
+        last_ack = now;
+        let codes: Vec<i16> = resp
             .responses
             .iter()
             .flat_map(|t| &t.partition_responses)
-            .any(|p| p.error_code != 0);
-        if failed {
+            .map(|p| p.error_code)
+            .filter(|c| *c != 0)
+            .collect();
+        if !codes.is_empty() {
+            for code in codes {
+                *out.error_codes.entry(code).or_default() += 1;
+            }
             live.errors.fetch_add(1, Ordering::Relaxed);
             out.errors += 1;
             continue;
@@ -278,5 +290,6 @@ fn read_acks(
         live.bytes.fetch_add(f.bytes, Ordering::Relaxed);
     }
     out.measured = Some(warm_at);
+    out.elapsed = Some(last_ack.saturating_duration_since(warm_at));
     Ok(out)
 }

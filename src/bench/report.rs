@@ -1,6 +1,7 @@
 //! Results of a benchmark: merged histograms and counters, the live progress
 //! line, the printed summary, the JSON result and the SVG plot.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,6 +25,8 @@ pub struct Outcome {
     pub messages: u64,
     pub bytes: u64,
     pub errors: u64,
+    /// Partition error codes in failed produce responses, with counts.
+    pub error_codes: BTreeMap<i16, u64>,
     /// Acknowledgement latency in microseconds (produce).
     pub latency: Histogram<u64>,
     /// Send-to-receipt latency in microseconds (e2e).
@@ -39,6 +42,7 @@ impl Default for Outcome {
             messages: 0,
             bytes: 0,
             errors: 0,
+            error_codes: BTreeMap::new(),
             latency: new_histogram(),
             e2e: None,
             elapsed: None,
@@ -53,6 +57,9 @@ impl Outcome {
         self.messages += other.messages;
         self.bytes += other.bytes;
         self.errors += other.errors;
+        for (code, n) in other.error_codes {
+            *self.error_codes.entry(code).or_default() += n;
+        }
         let _ = self.latency.add(&other.latency);
         if let Some(h) = other.e2e {
             match self.e2e.as_mut() {
@@ -110,6 +117,7 @@ pub struct Summary {
     pub messages: u64,
     pub bytes: u64,
     pub errors: u64,
+    pub error_codes: BTreeMap<i16, u64>,
     pub seconds: f64,
     pub latency: Option<Vec<(f64, u64)>>,
     pub latency_max: u64,
@@ -133,6 +141,9 @@ impl Summary {
             Mode::Consume => o
                 .elapsed
                 .map_or(opts.duration_s as f64, |d| d.as_secs_f64()),
+            Mode::Produce if opts.messages > 0 => o
+                .elapsed
+                .map_or(opts.duration_s as f64, |d| d.as_secs_f64()),
             _ => opts.duration_s as f64,
         };
         Summary {
@@ -141,6 +152,7 @@ impl Summary {
             messages: o.messages,
             bytes: o.bytes,
             errors: o.errors,
+            error_codes: o.error_codes,
             seconds: seconds.max(1e-6),
             latency: percentiles(&o.latency),
             latency_max: o.latency.max(),
@@ -174,6 +186,14 @@ impl Summary {
             self.mib_per_sec(),
             self.errors
         );
+        if !self.error_codes.is_empty() {
+            let codes: Vec<String> = self
+                .error_codes
+                .iter()
+                .map(|(code, n)| format!("{n} x {code} ({})", error_name(*code)))
+                .collect();
+            println!("partition errors: {}", codes.join(", "));
+        }
         for (name, l) in [
             ("ack latency", &self.latency),
             ("end-to-end latency", &self.e2e),
@@ -209,6 +229,7 @@ impl Summary {
             },
             "result": {
                 "messages": self.messages, "bytes": self.bytes, "errors": self.errors,
+                "error_codes": self.error_codes.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
                 "seconds": self.seconds, "messages_per_sec": self.messages_per_sec(),
                 "mib_per_sec": self.mib_per_sec(),
                 "latency_us": pct(&self.latency), "latency_max_us": self.latency_max,
@@ -266,4 +287,11 @@ impl Summary {
         s.push_str("</svg>\n");
         s
     }
+}
+
+/// Kafka's name for an error code, where the codec knows it.
+fn error_name(code: i16) -> String {
+    kafka_protocol::ResponseError::try_from_code(code)
+        .map(|e| format!("{e:?}"))
+        .unwrap_or_else(|| "unknown".into())
 }

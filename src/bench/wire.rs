@@ -97,7 +97,9 @@ pub fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec
             {
                 let mut ids: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
                 ids.sort_unstable();
-                return Ok(ids);
+                if leaders_answer(&mut c, &name, &ids)? {
+                    return Ok(ids);
+                }
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -106,6 +108,35 @@ pub fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec
 }
 
 /// One framed request ready to write.
+/// Whether every partition answers ListOffsets without error: a new topic's
+/// leaders can be named in metadata before they take requests (Kafka then
+/// answers NOT_LEADER_OR_FOLLOWER for a moment).
+fn leaders_answer(c: &mut Client, name: &TopicName, partitions: &[i32]) -> Result<bool> {
+    use list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(name.clone())
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|p| {
+                        ListOffsetsPartition::default()
+                            .with_partition_index(*p)
+                            .with_timestamp(-1)
+                    })
+                    .collect(),
+            )]);
+    let resp: ListOffsetsResponse = c.call(ApiKey::ListOffsets, LIST_OFFSETS_VERSION, &req)?;
+    let ok = resp
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .filter(|p| p.error_code == 0)
+        .count();
+    Ok(ok == partitions.len())
+}
+
 pub fn frame<Req: Encodable>(
     api_key: ApiKey,
     version: i16,
@@ -134,15 +165,28 @@ pub fn read_response<Resp: Decodable>(
     api_key: ApiKey,
     version: i16,
 ) -> Result<(i32, Resp)> {
+    read_response_into(stream, api_key, version, &mut BytesMut::new())
+}
+
+/// Reads one response into `buf`, whose memory is used again for the next
+/// response once the previous one's buffers are dropped (large fetch
+/// responses would otherwise fault in fresh pages every time).
+pub fn read_response_into<Resp: Decodable>(
+    stream: &mut TcpStream,
+    api_key: ApiKey,
+    version: i16,
+    buf: &mut BytesMut,
+) -> Result<(i32, Resp)> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len)?;
     let len = i32::from_be_bytes(len).max(0) as usize;
     if len > crate::client::MAX_RESPONSE_BYTES {
         bail!("response of {len} bytes");
     }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body)?;
-    let mut body = Bytes::from(body);
+    buf.clear();
+    buf.resize(len, 0);
+    stream.read_exact(&mut buf[..])?;
+    let mut body = buf.split().freeze();
     let header = ResponseHeader::decode(&mut body, api_key.response_header_version(version))?;
     Ok((header.correlation_id, Resp::decode(&mut body, version)?))
 }

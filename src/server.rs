@@ -23,12 +23,17 @@ pub const IO_MEMORY_BYTES: usize = 8 * 1024 * 1024;
 /// Longest wait for in-flight requests at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const PHASE_POLL: Duration = Duration::from_millis(20);
+/// Pending connections per shard's listener (glommio's default too).
+const LISTEN_BACKLOG: i32 = 1024;
 
 /// Progress counters shared by all shards (atomics only; no locks).
 #[derive(Default)]
 struct Phases {
     shutdown: AtomicBool,
     recovered: AtomicUsize,
+    /// Shards listening so far; they start listening in executor order so
+    /// that the kernel's reuseport group index is the executor's index.
+    listening: AtomicUsize,
     drained: AtomicUsize,
     closed: AtomicUsize,
 }
@@ -37,6 +42,112 @@ async fn all_reach(counter: &AtomicUsize, count: usize) {
     counter.fetch_add(1, Ordering::SeqCst);
     while counter.load(Ordering::SeqCst) < count {
         glommio::timer::sleep(PHASE_POLL).await;
+    }
+}
+
+/// Binds and listens on the shared port (SO_REUSEPORT) after the shards
+/// before this one, so that socket `slot` of the group is executor `slot`'s,
+/// pinned to CPU `slot`. The first shard then has the kernel pick the
+/// listener of the CPU that took the connection's SYN (a classic BPF
+/// program over the group): with the NIC's receive-side scaling, or a
+/// loopback client's own CPU, connections spread over the shards and each
+/// is served on the core already handling its packets.
+async fn listen_in_turn(
+    listen: &str,
+    phases: &Phases,
+    slot: usize,
+    count: usize,
+    cpus: usize,
+) -> Result<glommio::net::TcpListener> {
+    let result = listen_socket(listen, phases, slot, count, cpus).await;
+    if result.is_err() {
+        // The other shards must not wait for this one: stop them all.
+        phases.shutdown.store(true, Ordering::SeqCst);
+        phases.listening.fetch_add(1, Ordering::SeqCst);
+    }
+    result
+}
+
+async fn listen_socket(
+    listen: &str,
+    phases: &Phases,
+    slot: usize,
+    count: usize,
+    cpus: usize,
+) -> Result<glommio::net::TcpListener> {
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    let addr: std::net::SocketAddr = listen.parse().context("listen address")?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("binding {listen}"))?;
+    while phases.listening.load(Ordering::SeqCst) < slot {
+        if phases.shutdown.load(Ordering::SeqCst) {
+            anyhow::bail!("stopped before listening");
+        }
+        glommio::timer::sleep(PHASE_POLL).await;
+    }
+    socket.listen(LISTEN_BACKLOG)?;
+    if slot == 0 && count > 1 && count <= cpus {
+        if let Err(e) = steer_by_cpu(socket.as_raw_fd(), count) {
+            tracing::warn!(error = %e, "connections spread by hash, not by CPU");
+        }
+    }
+    phases.listening.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: the descriptor is a bound, listening TCP socket owned by no one else.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// Attaches `A = cpu % count; return A` as the reuseport group's selector.
+fn steer_by_cpu(fd: std::os::fd::RawFd, count: usize) -> std::io::Result<()> {
+    // Classic BPF opcodes: BPF_LD|BPF_W|BPF_ABS, BPF_ALU|BPF_MOD|BPF_K, BPF_RET|BPF_A.
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_ALU_MOD_K: u16 = 0x94;
+    const BPF_RET_A: u16 = 0x16;
+    const SKF_AD_CPU: u32 = (-0x1000i32 + 36) as u32;
+    let mut program = [
+        libc::sock_filter {
+            code: BPF_LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: SKF_AD_CPU,
+        },
+        libc::sock_filter {
+            code: BPF_ALU_MOD_K,
+            jt: 0,
+            jf: 0,
+            k: count as u32,
+        },
+        libc::sock_filter {
+            code: BPF_RET_A,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: fprog points at `program`, alive for the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            &fprog as *const libc::sock_fprog as *const libc::c_void,
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -86,7 +197,9 @@ pub fn run(config: Config) -> Result<()> {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
             .name(&format!("shard-{i}"))
             .io_memory(IO_MEMORY_BYTES)
-            .spawn(move || async move { shard_main(config, table, mesh, phases, count).await })
+            .spawn(move || async move {
+                shard_main(config, table, mesh, phases, (i, count, cpus)).await
+            })
             .map_err(|e| anyhow::anyhow!("starting shard {i}: {e}"))?;
         handles.push(handle);
     }
@@ -152,7 +265,7 @@ async fn shard_main(
     table: TopicTable,
     mesh: MeshBuilder<Job, glommio::channels::channel_mesh::Full>,
     phases: Arc<Phases>,
-    count: usize,
+    (slot, count, cpus): (usize, usize, usize),
 ) -> Result<()> {
     let (senders, receivers) = mesh
         .join()
@@ -172,8 +285,7 @@ async fn shard_main(
     crate::protocol::groups::start_group_timer(&shard);
     shard.start_flusher();
     all_reach(&phases.recovered, count).await;
-    let listener = glommio::net::TcpListener::bind(shard.config.listen.as_str())
-        .map_err(|e| anyhow::anyhow!("binding {}: {e}", shard.config.listen))?;
+    let listener = listen_in_turn(&shard.config.listen, &phases, slot, count, cpus).await?;
     if id == 0 {
         tracing::info!(listen = %shard.config.listen, shards = count, data_dir = %shard.config.data_dir.display(), batch_cache_bytes_per_shard = shard.config.batch_cache_bytes_per_shard(count), "ringtail serving");
     }
@@ -196,4 +308,59 @@ async fn shard_main(
     shard.close_partitions().await;
     all_reach(&phases.closed, count).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn listener(port: u16) -> socket2::Socket {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_port(true).unwrap();
+        s.bind(&addr.into()).unwrap();
+        s.listen(16).unwrap();
+        s.set_nonblocking(true).unwrap();
+        s
+    }
+
+    fn accepted(s: &socket2::Socket) -> usize {
+        std::iter::from_fn(|| s.accept().ok()).count()
+    }
+
+    #[test]
+    fn connections_go_to_the_listener_of_the_connecting_cpu() {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        assert!(
+            cores.len() >= 2,
+            "needs two CPUs to tell the listeners apart"
+        );
+        let first = listener(0);
+        let port = first.local_addr().unwrap().as_socket().unwrap().port();
+        let second = listener(port);
+        steer_by_cpu(first.as_raw_fd(), 2).unwrap();
+        let connect_from = |cpu: usize| {
+            let core = cores[cpu];
+            std::thread::spawn(move || {
+                assert!(core_affinity::set_for_current(core));
+                std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()
+            })
+            .join()
+            .unwrap()
+        };
+        let from = [0, 1, 1, 0, 1];
+        let _held: Vec<_> = from.into_iter().map(connect_from).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        // The program picks listener `cpu % 2`.
+        let mut expected = (0, 0);
+        for cpu in from {
+            if cores[cpu].id.is_multiple_of(2) {
+                expected.0 += 1;
+            } else {
+                expected.1 += 1;
+            }
+        }
+        assert_eq!((accepted(&first), accepted(&second)), expected);
+    }
 }

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Result};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::*;
@@ -85,7 +85,10 @@ struct Reader {
     stream: std::net::TcpStream,
     topic: TopicName,
     correlation: i32,
-    buf: BytesMut,
+    /// Memory for the next response, and the body of the last one (taken
+    /// back once the caller has dropped its records).
+    spare: Vec<u8>,
+    last: Option<Bytes>,
 }
 
 impl Reader {
@@ -114,12 +117,16 @@ impl Reader {
             &mut self.stream,
             &wire::frame(ApiKey::Fetch, FETCH_VERSION, self.correlation, &req)?,
         )?;
-        let (_, resp): (i32, FetchResponse) = wire::read_response_into(
+        if let Some(spare) = self.last.take().and_then(wire::reclaim) {
+            self.spare = spare;
+        }
+        let (_, resp, body): (i32, FetchResponse, Bytes) = wire::read_response_into(
             &mut self.stream,
             ApiKey::Fetch,
             FETCH_VERSION,
-            &mut self.buf,
+            &mut self.spare,
         )?;
+        self.last = Some(body);
         Ok(resp
             .responses
             .into_iter()
@@ -140,7 +147,8 @@ fn reader(o: &BenchOptions) -> Result<Reader> {
         stream: wire::connect(&o.bootstrap)?,
         topic: TopicName(StrBytes::from_string(o.topic.clone())),
         correlation: 0,
-        buf: BytesMut::new(),
+        spare: Vec::new(),
+        last: None,
     })
 }
 

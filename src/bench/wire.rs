@@ -165,30 +165,43 @@ pub fn read_response<Resp: Decodable>(
     api_key: ApiKey,
     version: i16,
 ) -> Result<(i32, Resp)> {
-    read_response_into(stream, api_key, version, &mut BytesMut::new())
+    let (correlation, resp, _) = read_response_into(stream, api_key, version, &mut Vec::new())?;
+    Ok((correlation, resp))
 }
 
-/// Reads one response into `buf`, whose memory is used again for the next
-/// response once the previous one's buffers are dropped (large fetch
-/// responses would otherwise fault in fresh pages every time).
+/// Reads one response into `spare`'s memory (no zeroing, no fresh pages)
+/// and decodes it; also returns the body, whose memory the caller can take
+/// back with [`reclaim`] once every piece of the response is dropped.
 pub fn read_response_into<Resp: Decodable>(
     stream: &mut TcpStream,
     api_key: ApiKey,
     version: i16,
-    buf: &mut BytesMut,
-) -> Result<(i32, Resp)> {
+    spare: &mut Vec<u8>,
+) -> Result<(i32, Resp, Bytes)> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len)?;
     let len = i32::from_be_bytes(len).max(0) as usize;
     if len > crate::client::MAX_RESPONSE_BYTES {
         bail!("response of {len} bytes");
     }
-    buf.clear();
-    buf.resize(len, 0);
-    stream.read_exact(&mut buf[..])?;
-    let mut body = buf.split().freeze();
-    let header = ResponseHeader::decode(&mut body, api_key.response_header_version(version))?;
-    Ok((header.correlation_id, Resp::decode(&mut body, version)?))
+    spare.clear();
+    let read = (&mut *stream).take(len as u64).read_to_end(spare)?;
+    if read < len {
+        bail!("connection closed inside a response");
+    }
+    let body = Bytes::from(std::mem::take(spare));
+    let mut rest = body.clone();
+    let header = ResponseHeader::decode(&mut rest, api_key.response_header_version(version))?;
+    Ok((
+        header.correlation_id,
+        Resp::decode(&mut rest, version)?,
+        body,
+    ))
+}
+
+/// The memory of a response body nothing else refers to any more.
+pub fn reclaim(body: Bytes) -> Option<Vec<u8>> {
+    body.try_into_mut().ok().map(Vec::from)
 }
 
 pub fn connect(bootstrap: &str) -> Result<TcpStream> {

@@ -39,6 +39,11 @@ pub enum PartitionError {
     Deleted,
 }
 
+/// Bytes counted per cached batch besides the batch itself: its handle and
+/// allocation header and its two queue entries, so that a cache of tiny
+/// batches stays within its limit too.
+pub const CACHE_ENTRY_OVERHEAD_BYTES: usize = 128;
+
 /// A cached batch in the shard's eviction order: its partition's cache,
 /// base offset and size.
 type CachedEntry = (Weak<RefCell<BatchCache>>, i64, usize);
@@ -66,7 +71,8 @@ impl CacheBudget {
 
     /// Accounts for a batch just cached, then evicts the shard's oldest
     /// batches while over the limit.
-    fn admit(&self, cache: &Rc<RefCell<BatchCache>>, base: i64, len: usize) {
+    fn admit(&self, cache: &Rc<RefCell<BatchCache>>, base: i64, batch_len: usize) {
+        let len = batch_len + CACHE_ENTRY_OVERHEAD_BYTES;
         self.used.set(self.used.get() + len);
         let mut order = self.order.borrow_mut();
         order.push_back((Rc::downgrade(cache), base, len));
@@ -616,7 +622,7 @@ mod tests {
 
     #[test]
     fn cache_evicts_the_shards_oldest_batches_first() {
-        let budget = CacheBudget::new(300);
+        let budget = CacheBudget::new(3 * (100 + CACHE_ENTRY_OVERHEAD_BYTES));
         let a = Rc::new(RefCell::new(BatchCache::default()));
         let b = Rc::new(RefCell::new(BatchCache::default()));
         let put = |c: &Rc<RefCell<BatchCache>>, base: i64| {
@@ -637,7 +643,7 @@ mod tests {
         assert_eq!(bases(&b), vec![0, 1, 2], "the cleared batch made the room");
         put(&b, 3);
         assert_eq!(bases(&b), vec![1, 2, 3], "b's oldest went first");
-        assert_eq!(budget.used.get(), 300);
+        assert_eq!(budget.used.get(), 3 * (100 + CACHE_ENTRY_OVERHEAD_BYTES));
         drop(b);
         put(&a, 10);
         put(&a, 11);
@@ -646,7 +652,7 @@ mod tests {
             vec![10, 11],
             "a dropped cache's bytes count until evicted"
         );
-        assert_eq!(budget.used.get(), 300);
+        assert_eq!(budget.used.get(), 3 * (100 + CACHE_ENTRY_OVERHEAD_BYTES));
     }
     use crate::record::tests::make_batch;
     use kafka_protocol::records::Compression;

@@ -49,3 +49,22 @@ def test_produce_stops_at_a_message_count_and_catch_up_reads_it_all(broker, tmp_
     assert r["seconds"] < 30
     consumed, _ = bench(broker, tmp_path, "consume")
     assert consumed["result"]["messages"] == r["messages"]
+
+
+def test_keyed_produce_sends_each_key_to_the_partition_kafka_would(broker, tmp_path):
+    from kafka.partitioner.default import murmur2
+    from conftest import consume_all
+
+    produced, _ = bench(broker, tmp_path, "produce", "--messages", "3000", "--keys", "3",
+                        "--batch-bytes", "8192", duration="30", warmup="0")
+    r = produced["result"]
+    assert r["errors"] == 0 and r["messages"] >= 3000
+    records = consume_all(broker.bootstrap, "bench-t", 4, r["messages"])
+    assert len(records) == r["messages"]
+    seen = {}
+    for m in records:
+        key = m.key()
+        assert key in (b"key-0", b"key-1", b"key-2")
+        assert m.partition() == (murmur2(key) & 0x7FFFFFFF) % 4, key
+        seen[key] = seen.get(key, 0) + 1
+    assert len(seen) == 3 and min(seen.values()) > 0

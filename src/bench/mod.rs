@@ -26,6 +26,9 @@ pub use report::Summary;
 pub const MAX_IN_FLIGHT: usize = 5;
 /// Seconds of per-second throughput kept for the timeline.
 pub const MAX_TIMELINE_SECONDS: usize = 3600;
+/// Distinct keys a run may cycle through (each producer holds the keys of
+/// its partitions).
+pub const MAX_DISTINCT_KEYS: u64 = 1 << 20;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -130,6 +133,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
 pub fn run_bench(mode: Mode, o: &BenchOptions) -> Result<Summary> {
     if !matches!(o.acks, -1..=1) {
         bail!("--acks must be -1, 0 or 1");
+    }
+    if o.keys > MAX_DISTINCT_KEYS {
+        bail!("--keys is limited to {MAX_DISTINCT_KEYS} distinct keys");
     }
     wire::compression(&o.compression)?;
     let broker = wire::BrokerInfo::probe(&o.bootstrap)?;

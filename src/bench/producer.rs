@@ -38,6 +38,7 @@ pub fn run_all(
     stamp: bool,
 ) -> Result<Outcome> {
     let producers = o.producers.max(1);
+    let all = partitions.len();
     let mut handles = Vec::new();
     for id in 0..producers {
         let mine = share(partitions, id, producers);
@@ -47,7 +48,7 @@ pub fn run_all(
                 .name(format!("bench-producer-{id}"))
                 .spawn(move || {
                     pin(id);
-                    produce(id, &o, &mine, &live, (warm_at, deadline), stamp)
+                    produce(id, &o, &mine, all, &live, (warm_at, deadline), stamp)
                 })?,
         );
     }
@@ -120,6 +121,7 @@ fn produce(
     id: usize,
     o: &BenchOptions,
     mine: &[i32],
+    all: usize,
     live: &Arc<Live>,
     (warm_at, deadline): (Instant, Instant),
     stamp: bool,
@@ -134,6 +136,31 @@ fn produce(
     } else {
         None
     };
+    // With keys, each partition gets the keys Kafka's partitioner maps to
+    // it, and partitions no key maps to get nothing.
+    let mut keyed: Vec<(Vec<Bytes>, usize)> = Vec::new();
+    let mine: Vec<i32> = if o.keys > 0 {
+        let mut buckets = vec![Vec::new(); all];
+        for k in 0..o.keys {
+            let key = Bytes::from(format!("key-{k}"));
+            buckets[wire::partition_for_key(&key, all)].push(key);
+        }
+        let mine: Vec<i32> = mine
+            .iter()
+            .copied()
+            .filter(|p| !buckets[*p as usize % all].is_empty())
+            .collect();
+        keyed = mine
+            .iter()
+            .map(|p| (std::mem::take(&mut buckets[*p as usize % all]), 0))
+            .collect();
+        mine
+    } else {
+        mine.to_vec()
+    };
+    if mine.is_empty() {
+        return Ok(Outcome::default());
+    }
     let base = payload(o.message_bytes, id as u64 + 7);
     let per_batch = (o.batch_bytes / o.message_bytes.max(1)).max(1);
     let rate = o.rate as f64 / o.producers.max(1) as f64;
@@ -158,11 +185,12 @@ fn produce(
     };
     while Instant::now() < deadline && !live.stop.load(Ordering::Relaxed) && counter < quota {
         // Open loop: a batch holds the messages due within the linger window.
-        let (n, parts): (usize, Vec<i32>) = if rate > 0.0 {
+        // Indexes into `mine`.
+        let (n, parts): (usize, Vec<usize>) = if rate > 0.0 {
             let n = ((linger.as_secs_f64() * rate) as usize).clamp(1, per_batch);
-            (n, vec![mine[round % mine.len()]])
+            (n, vec![round % mine.len()])
         } else {
-            (per_batch, mine.to_vec())
+            (per_batch, (0..mine.len()).collect())
         };
         round += 1;
         let first_due = if rate > 0.0 { next_due } else { Instant::now() };
@@ -176,7 +204,7 @@ fn produce(
         }
         let mut partition_data = Vec::with_capacity(parts.len());
         let mut bytes = 0u64;
-        for (pi, p) in parts.iter().enumerate() {
+        for slot in parts.iter().copied() {
             let records = if reuse {
                 if template.as_ref().is_none_or(|(size, _)| *size != n) {
                     let values = vec![base.clone(); n];
@@ -196,8 +224,10 @@ fn produce(
                         v[..8].copy_from_slice(&unix_micros(due).to_be_bytes());
                     }
                     values.push(Bytes::from(v));
-                    keys.push((o.keys > 0).then(|| {
-                        Bytes::from(format!("key-{}", (counter + (pi * n + k) as u64) % o.keys))
+                    keys.push(keyed.get_mut(slot).map(|(ring, next)| {
+                        let key = ring[*next % ring.len()].clone();
+                        *next += 1;
+                        key
                     }));
                 }
                 wire::batch(&values, &keys, compression)?
@@ -206,7 +236,7 @@ fn produce(
             bytes += (n * o.message_bytes) as u64;
             partition_data.push(
                 PartitionProduceData::default()
-                    .with_index(*p)
+                    .with_index(mine[slot])
                     .with_records(Some(records)),
             );
         }

@@ -137,6 +137,37 @@ fn leaders_answer(c: &mut Client, name: &TopicName, partitions: &[i32]) -> Resul
     Ok(ok == partitions.len())
 }
 
+/// Kafka's murmur2 hash, which its default partitioner applies to keys.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        for (i, b) in tail.iter().enumerate().rev() {
+            h ^= (*b as u32) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition Kafka's default partitioner picks for `key`.
+pub fn partition_for_key(key: &[u8], partitions: usize) -> usize {
+    (murmur2(key) & 0x7fff_ffff) as usize % partitions.max(1)
+}
+
 pub fn frame<Req: Encodable>(
     api_key: ApiKey,
     version: i16,
@@ -248,4 +279,30 @@ pub fn batch(values: &[Bytes], keys: &[Option<Bytes>], compression: Compression)
         },
     )?;
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafkas() {
+        // Values printed by org.apache.kafka.common.utils.Utils.murmur2.
+        for (key, hash, partition_of_8) in [
+            ("21", -973932308, 4),
+            ("foobar", -790332482, 6),
+            ("a-little-bit-long-string", -985981536, 0),
+            ("abc", 479470107, 3),
+            ("key-0", 29210041, 1),
+            ("key-12345", -952703915, 5),
+            ("", 275646681, 1),
+        ] {
+            assert_eq!(murmur2(key.as_bytes()), hash, "{key:?}");
+            assert_eq!(
+                partition_for_key(key.as_bytes(), 8),
+                partition_of_8,
+                "{key:?}"
+            );
+        }
+    }
 }

@@ -218,3 +218,37 @@ def test_interval_flush_policy_serves_and_shuts_down_cleanly(broker_factory):
     b.start()
     got = consume_all(b.bootstrap, "lazy", 1, 300)
     assert [m.value() for m in got] == [f"x{i}".encode() for i in range(300)]
+
+
+def test_slow_reader_gets_large_fetch_responses_intact(broker_factory):
+    # Responses of many large batches are written from the cached batches by
+    # reference; a consumer with a tiny receive buffer that stalls between
+    # polls makes the broker's socket fill, so every write resumes mid-part.
+    # Read back from the cache and, with a cache too small to hold them, from
+    # the device.
+    for cache in (None, 1 << 20):
+        config = "" if cache is None else f"batch_cache_bytes = {cache}\n"
+        b = broker_factory(config=config)
+        create_topic(b.bootstrap, "bulk", 2)
+        p = Producer({"bootstrap.servers": b.bootstrap, "linger.ms": 50, "batch.size": 1 << 20,
+                      "compression.type": "none"})
+        n = 1200
+        for i in range(n):
+            p.produce("bulk", value=(b"%06d" % i) * 1700, partition=i % 2)
+        assert p.flush(30) == 0
+        c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "slow", "enable.auto.commit": False,
+                      "socket.receive.buffer.bytes": 4096, "fetch.max.bytes": 32 << 20,
+                      "max.partition.fetch.bytes": 16 << 20, "receive.message.max.bytes": 64 << 20})
+        c.assign([TopicPartition("bulk", 0, 0), TopicPartition("bulk", 1, 0)])
+        seen = set()
+        deadline = time.time() + 60
+        while len(seen) < n and time.time() < deadline:
+            time.sleep(0.2)
+            for m in c.consume(500, 1.0):
+                assert m.error() is None, m.error()
+                i = int(m.value()[:6])
+                assert m.value() == (b"%06d" % i) * 1700
+                assert m.partition() == i % 2
+                seen.add(i)
+        c.close()
+        assert len(seen) == n

@@ -11,6 +11,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub mod controller;
+pub mod image;
+pub mod placement;
+pub mod quorum;
+pub mod records;
+
 /// Topic table file in the data directory.
 pub const TOPICS_FILE: &str = "topics.json";
 /// Longest topic name (Kafka: 249).

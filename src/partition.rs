@@ -6,6 +6,9 @@
 //! so pipelined produce requests land in arrival order; disk I/O is serialized
 //! by `io_lock`. Neither is held across threads: both are shard-local.
 
+pub mod epochs;
+pub mod replica;
+
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::PathBuf;

@@ -11,11 +11,14 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub mod active;
 pub mod controller;
 pub mod image;
 pub mod placement;
 pub mod quorum;
 pub mod records;
+pub mod service;
+pub mod transport;
 
 /// Topic table file in the data directory.
 pub const TOPICS_FILE: &str = "topics.json";

@@ -2,11 +2,12 @@
 //! controller voters. `node` is the sans-I/O member, `storage` its durable
 //! log, `driver` the thin shell that runs it on the controller shard.
 
+pub mod driver;
 pub mod node;
 pub mod storage;
 
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 
 /// raft-rs logs through slog; its records go to `tracing` like ours.
 pub fn raft_logger(node: crate::cluster::records::NodeId) -> slog::Logger {

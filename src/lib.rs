@@ -11,5 +11,6 @@ pub mod partition;
 pub mod producer_state;
 pub mod protocol;
 pub mod record;
+pub mod repair;
 pub mod server;
 pub mod shard;

@@ -79,11 +79,15 @@ fn run_appends(iters: u64) -> Duration {
 async fn write_out(log: &mut Log) {
     if let Some(p) = log.active_mut().take_write() {
         let end = p.position + p.buffer.len() as u64;
-        if let Some(size) = log.active().preallocation_needed(end, true) {
+        let step = ringtail::config::PREALLOCATE_STEP_BYTES;
+        if let Some(size) = log.active().preallocation_needed(end, step) {
             p.file.pre_allocate(size, true).await.expect("fallocate");
             log.active_mut().allocated_to(size);
         }
-        p.file.write_at(p.buffer, p.position).await.expect("write");
+        p.file
+            .write_rc_at(p.buffer, p.position)
+            .await
+            .expect("write");
         log.active_mut().written_to(p.end);
     }
 }

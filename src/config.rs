@@ -49,12 +49,49 @@ pub const DEFAULT_OFFSETS_TOPIC_PARTITIONS: i32 = 16;
 pub const DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS: u64 = 300;
 /// Fetch wait ceiling, whatever the client asks (Kafka clients send <= 500 ms by default).
 pub const MAX_FETCH_WAIT_MS: u64 = 30_000;
+/// Free space kept on the data directory's file system: below it produce is
+/// refused (retriable KAFKA_STORAGE_ERROR) until space returns, and segments
+/// are not preallocated into it. The headroom lets a stopped or refusing
+/// broker still seal segments, write indexes, the topic table and
+/// checkpoints, lets the operator run `ringtail repair`, and absorbs what
+/// the other shards append between two free-space checks.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 1024 * 1024 * 1024;
+/// Free space kept as a share of the file system, in percent; the larger of
+/// this and `min_free_bytes` applies. 0 by default: the absolute floor is
+/// what the broker needs; a share suits volumes shared with other programs.
+pub const DEFAULT_MIN_FREE_PERCENT: u64 = 0;
+/// How often each shard asks the file system for its free space (one
+/// statvfs). Between checks a shard subtracts what it allocated itself, so
+/// the rate bounds only how late other writers' usage is seen.
+pub const DEFAULT_DISK_CHECK_INTERVAL_MS: u64 = 500;
+/// Space reserved ahead of a segment's write position with fallocate, so
+/// appends do not allocate blocks one write at a time. Never taken from the
+/// free-space headroom: near it the step halves down to
+/// MIN_PREALLOCATE_STEP_BYTES, then preallocation stops.
+pub const PREALLOCATE_STEP_BYTES: u64 = 32 * 1024 * 1024;
+/// Smallest preallocation step worth a fallocate call.
+pub const MIN_PREALLOCATE_STEP_BYTES: u64 = 1024 * 1024;
+/// Largest batch recovery and repair accept in a segment whatever
+/// `max_message_bytes` says now: it may have been larger when the batch was
+/// written.
+pub const MIN_RECOVERED_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes `ringtail repair` reads from a segment at a time (its window holds
+/// this plus one largest batch).
+pub const REPAIR_READ_BYTES: usize = 4 * 1024 * 1024;
+/// Kept and dropped ranges `ringtail repair` prints per partition; the rest
+/// are counted, so a badly damaged log cannot flood the terminal.
+pub const MAX_REPAIR_REPORT_LINES: usize = 200;
 
 const PAGE: usize = 4096;
 const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES >= 16 * PAGE);
 const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES.is_multiple_of(PAGE));
 const _: () = assert!(DEFAULT_MAX_MESSAGE_BYTES < DEFAULT_MAX_REQUEST_BYTES);
 const _: () = assert!(DEFAULT_SEGMENT_BYTES <= u32::MAX as u64);
+const _: () = assert!(MIN_PREALLOCATE_STEP_BYTES <= PREALLOCATE_STEP_BYTES);
+const _: () = assert!(MIN_PREALLOCATE_STEP_BYTES.is_multiple_of(PAGE as u64));
+const _: () = assert!(PREALLOCATE_STEP_BYTES.is_multiple_of(MIN_PREALLOCATE_STEP_BYTES));
+const _: () = assert!(DEFAULT_MAX_MESSAGE_BYTES <= MIN_RECOVERED_BATCH_BYTES);
+const _: () = assert!(DEFAULT_MIN_FREE_PERCENT < 100);
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -109,6 +146,11 @@ pub struct Config {
     pub flush_interval_ms: u64,
     pub checkpoint_interval_ms: u64,
     pub preallocate: bool,
+    /// Free space kept on the data directory's file system (see
+    /// DEFAULT_MIN_FREE_BYTES); 0 and `min_free_percent = 0` disable the guard.
+    pub min_free_bytes: u64,
+    pub min_free_percent: u64,
+    pub disk_check_interval_ms: u64,
     pub cluster_id: String,
     pub offsets_topic_partitions: i32,
     pub group_min_session_timeout_ms: i32,
@@ -137,6 +179,9 @@ impl Default for Config {
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
             checkpoint_interval_ms: DEFAULT_CHECKPOINT_INTERVAL_MS,
             preallocate: true,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            min_free_percent: DEFAULT_MIN_FREE_PERCENT,
+            disk_check_interval_ms: DEFAULT_DISK_CHECK_INTERVAL_MS,
             cluster_id: "ringtail-cluster-0001".into(),
             offsets_topic_partitions: DEFAULT_OFFSETS_TOPIC_PARTITIONS,
             group_min_session_timeout_ms: 6000,
@@ -190,6 +235,12 @@ impl Config {
         }
         if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&self.offsets_topic_partitions) {
             return bad("offsets_topic_partitions out of range".into());
+        }
+        if self.min_free_percent >= 100 {
+            return bad("min_free_percent must be below 100".into());
+        }
+        if !(10..=60_000).contains(&self.disk_check_interval_ms) {
+            return bad("disk_check_interval_ms must be in 10..=60000".into());
         }
         if self.max_in_flight_per_connection == 0 || self.index_interval_bytes == 0 {
             return bad("max_in_flight_per_connection and index_interval_bytes must be > 0".into());

@@ -11,6 +11,7 @@ pub mod partition;
 pub mod producer_state;
 pub mod protocol;
 pub mod record;
+pub mod repair;
 pub mod replication;
 pub mod server;
 pub mod shard;

@@ -1,5 +1,6 @@
 //! `ringtail` command line: `serve` runs the broker, `bench` drives any
-//! Kafka-compatible broker, `groups` inspects consumer groups.
+//! Kafka-compatible broker, `groups` inspects consumer groups, `repair`
+//! salvages damaged partitions of a stopped broker.
 
 use std::path::PathBuf;
 
@@ -25,6 +26,8 @@ enum Command {
     Bench(ringtail::bench::BenchArgs),
     /// Inspect consumer groups: `groups list`, `groups describe GROUP`.
     Groups(ringtail::group::cli::GroupsArgs),
+    /// Salvage the intact batches of damaged partitions (broker stopped).
+    Repair(ringtail::repair::RepairArgs),
 }
 
 #[derive(clap::Args)]
@@ -88,5 +91,6 @@ fn main() -> Result<()> {
         }
         Command::Bench(args) => ringtail::bench::run(args),
         Command::Groups(args) => ringtail::group::cli::run(args),
+        Command::Repair(args) => ringtail::repair::run(args),
     }
 }

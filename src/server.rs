@@ -3,7 +3,11 @@
 //! (recovered → serving → drained → closed).
 //!
 //! Shutdown (SIGTERM/SIGINT): stop accepting, let in-flight requests finish,
-//! write and fdatasync every partition, write indexes, exit 0.
+//! write and fdatasync every partition, write indexes, exit 0 — or exit
+//! non-zero, naming them, when some partition could not be closed cleanly.
+//!
+//! The data directory's lock (`.lock`) is held from start to exit, so no
+//! second broker or `ringtail repair` works on the same directory.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -180,6 +184,7 @@ pub fn run(config: Config) -> Result<()> {
     raise_memlock();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let _lock = crate::log::lock::DataDirLock::acquire(&config.data_dir)?;
     write_meta_properties(&config)?;
     let mut table = TopicTable::load(&config.data_dir).context("loading topic table")?;
     ensure_offsets_topic(&mut table, &config)?;
@@ -203,20 +208,19 @@ pub fn run(config: Config) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("starting shard {i}: {e}"))?;
         handles.push(handle);
     }
-    let mut failed = None;
+    let mut failed = Vec::new();
     for h in handles {
         match h.join() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => failed = Some(e),
-            Err(e) => failed = Some(anyhow::anyhow!("shard executor failed: {e}")),
+            Ok(Err(e)) => failed.push(format!("{e:#}")),
+            Err(e) => failed.push(format!("shard executor failed: {e}")),
         }
     }
-    match failed {
-        Some(e) => Err(e),
-        None => {
-            tracing::info!("stopped cleanly");
-            Ok(())
-        }
+    if failed.is_empty() {
+        tracing::info!("stopped cleanly");
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(failed.join("; ")))
     }
 }
 
@@ -275,15 +279,16 @@ async fn shard_main(
     let shard = Shard::new(id, count, Rc::new(config), TopicTable::default(), senders);
     shard.start_mesh_receivers(receivers);
     crate::log::probe_device(&shard.config.data_dir).await?;
-    shard
-        .apply_table(table)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+    if let Err(e) = shard.apply_table(table).await {
+        // Those partitions stay offline (KAFKA_STORAGE_ERROR); the rest serves.
+        tracing::error!(shard = id, error = %e, "some partitions could not be opened");
+    }
     crate::protocol::groups::load_groups(&shard)
         .await
         .map_err(|e| anyhow::anyhow!("loading consumer groups: {e}"))?;
     crate::protocol::groups::start_group_timer(&shard);
     shard.start_flusher();
+    shard.start_disk_watcher();
     all_reach(&phases.recovered, count).await;
     let listener = listen_in_turn(&shard.config.listen, &phases, slot, count, cpus).await?;
     if id == 0 {
@@ -305,9 +310,16 @@ async fn shard_main(
         glommio::timer::sleep(PHASE_POLL).await;
     }
     all_reach(&phases.drained, count).await;
-    shard.close_partitions().await;
+    let unclean = shard.close_partitions().await;
     all_reach(&phases.closed, count).await;
-    Ok(())
+    if unclean.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "partitions not closed cleanly: {}",
+            unclean.join(", ")
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,13 @@
 //! Each shard's state is touched only by its own thread. Work for another
 //! shard's partitions travels as a closure over the mesh (`invoke_on`), runs
 //! there, and its result comes back on a oneshot channel.
+//!
+//! Each shard also owns a free-space guard for the data directory, refreshed
+//! by its disk watcher, which also retries the writes of its partitions that
+//! met a full file system.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -20,8 +24,9 @@ use thiserror::Error;
 
 use crate::cluster::{owner_shard, TopicMeta, TopicTable};
 use crate::config::{Config, FlushPolicy};
+use crate::log::space::{SpaceGuard, SpaceLimits};
 use crate::log::LogConfig;
-use crate::partition::{CacheBudget, Partition};
+use crate::partition::{CacheBudget, Partition, PartitionError};
 
 /// Messages queued between any two shards before senders wait.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -49,8 +54,12 @@ pub struct Shard {
     /// Serializes topic table changes (used on shard 0, the controller).
     metadata_lock: glommio::sync::Semaphore,
     producer_ids: RefCell<ProducerIdBlock>,
-    /// Partitions refused at recovery (corrupt sealed segment).
-    pub fenced: RefCell<std::collections::HashSet<PartitionKey>>,
+    /// Partitions this shard owns but does not serve: fenced at recovery
+    /// (corrupt sealed segment) or not opened after an I/O error. Answered
+    /// with KAFKA_STORAGE_ERROR, as poisoned ones are.
+    offline: RefCell<HashSet<PartitionKey>>,
+    /// Free space of the data directory's file system, as this shard sees it.
+    pub space: Rc<SpaceGuard>,
     pub in_flight: Cell<usize>,
     pub shutting_down: Cell<bool>,
     /// Coordinator of the groups whose `__consumer_offsets` partitions live here.
@@ -72,10 +81,19 @@ impl Shard {
             max_session_timeout_ms: config.group_max_session_timeout_ms,
             initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
         });
+        let space = Rc::new(SpaceGuard::new(
+            &config.data_dir,
+            SpaceLimits {
+                min_free_bytes: config.min_free_bytes,
+                min_free_percent: config.min_free_percent,
+            },
+            count,
+        ));
         Rc::new(Shard {
             id,
             count,
             groups,
+            space,
             producer_ids: RefCell::new(ProducerIdBlock::new(config.data_dir.clone())),
             config,
             topics: RefCell::new(Rc::new(table)),
@@ -86,7 +104,7 @@ impl Shard {
             doorbell,
             doorbell_rx: RefCell::new(Some(rx)),
             metadata_lock: glommio::sync::Semaphore::new(1),
-            fenced: RefCell::new(std::collections::HashSet::new()),
+            offline: RefCell::new(HashSet::new()),
             in_flight: Cell::new(0),
             shutting_down: Cell::new(false),
         })
@@ -108,10 +126,10 @@ impl Shard {
     }
 
     /// The error for a partition this shard should own but does not serve:
-    /// fenced after corruption, or unknown.
+    /// offline (fenced after corruption, or not opened), or unknown.
     pub fn missing_partition_error(&self, topic: &str, partition: i32) -> ResponseError {
         if self
-            .fenced
+            .offline
             .borrow()
             .contains(&(topic.to_string(), partition))
         {
@@ -119,6 +137,35 @@ impl Shard {
         } else {
             ResponseError::UnknownTopicOrPartition
         }
+    }
+
+    /// The partition if this shard serves it; KAFKA_STORAGE_ERROR when it is
+    /// offline or poisoned (what Kafka answers for a partition on an offline
+    /// log directory), UNKNOWN_TOPIC_OR_PARTITION when this shard has none.
+    pub fn serving_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Rc<Partition>, ResponseError> {
+        match self.partition(topic, partition) {
+            Some(p) if p.is_poisoned() => Err(ResponseError::KafkaStorageError),
+            Some(p) => Ok(p),
+            None => Err(self.missing_partition_error(topic, partition)),
+        }
+    }
+
+    /// This shard's partitions that answer KAFKA_STORAGE_ERROR: offline or
+    /// poisoned.
+    pub fn offline_partitions(&self) -> Vec<PartitionKey> {
+        let mut out: Vec<PartitionKey> = self.offline.borrow().iter().cloned().collect();
+        out.extend(
+            self.partitions
+                .borrow()
+                .iter()
+                .filter(|(_, p)| p.is_poisoned())
+                .map(|(k, _)| k.clone()),
+        );
+        out
     }
 
     pub fn local_partitions(&self) -> Vec<Rc<Partition>> {
@@ -138,6 +185,57 @@ impl Shard {
             max_batch_bytes: self.config.max_message_bytes,
             preallocate: self.config.preallocate,
         }
+    }
+
+    /// Every `disk_check_interval_ms`: one statvfs for the space guard (so
+    /// produce resumes by itself once space returns), and a retry of every
+    /// write of this shard's partitions that met a full file system.
+    pub fn start_disk_watcher(self: &Rc<Self>) {
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            let interval = Duration::from_millis(shard.config.disk_check_interval_ms);
+            let (mut was_full, mut was_failing) = (false, false);
+            loop {
+                glommio::timer::sleep(interval).await;
+                let refreshed = shard.space.refresh();
+                if let Err(e) = &refreshed {
+                    if !was_failing {
+                        tracing::warn!(shard = shard.id, error = %e, "statvfs of the data directory fails; keeping the last figure");
+                    }
+                }
+                was_failing = refreshed.is_err();
+                let stalled: Vec<Rc<Partition>> = shard
+                    .local_partitions()
+                    .into_iter()
+                    .filter(|p| p.is_stalled())
+                    .collect();
+                for p in stalled {
+                    let _ = p.write_out(true).await;
+                }
+                let full = shard.space.is_full();
+                if full != was_full {
+                    let (free, threshold) =
+                        (shard.space.free_bytes(), shard.space.threshold_bytes());
+                    if full {
+                        tracing::warn!(
+                            shard = shard.id,
+                            free_bytes = free,
+                            threshold_bytes = threshold,
+                            "data directory below its free-space threshold; produce refused"
+                        );
+                    } else {
+                        tracing::info!(
+                            shard = shard.id,
+                            free_bytes = free,
+                            threshold_bytes = threshold,
+                            "free space is back; produce resumes"
+                        );
+                    }
+                    was_full = full;
+                }
+            }
+        })
+        .detach();
     }
 
     /// Runs `f` on shard `target` and returns its result.
@@ -227,18 +325,24 @@ impl Shard {
     }
 
     /// Applies a new topic table: opens partitions this shard now owns,
-    /// deletes those whose topic is gone.
+    /// deletes those whose topic is gone. A partition that cannot be opened
+    /// (corrupt, or an I/O error) is left offline and the rest is applied;
+    /// the error names them.
     pub async fn apply_table(self: &Rc<Self>, table: TopicTable) -> Result<(), String> {
         let table = Rc::new(table);
         let old = self.topics.replace(table.clone());
         let group_commit = self.config.flush_policy == FlushPolicy::GroupCommit;
+        let mut failed = Vec::new();
         for topic in table.topics.values() {
             let recreated = old.get(&topic.name).is_some_and(|o| o.id != topic.id);
             if recreated {
                 self.drop_topic(&topic.name).await;
             }
             for p in 0..topic.partitions {
-                if self.owner(&topic.name, p) != self.id || self.partition(&topic.name, p).is_some()
+                let key = (topic.name.clone(), p);
+                if self.owner(&topic.name, p) != self.id
+                    || self.partitions.borrow().contains_key(&key)
+                    || self.offline.borrow().contains(&key)
                 {
                     continue;
                 }
@@ -248,25 +352,27 @@ impl Shard {
                     p,
                     self.log_config(topic),
                     self.budget.clone(),
+                    self.space.clone(),
                     group_commit,
                 )
                 .await;
-                let part = match part {
-                    Ok(part) => part,
-                    Err(crate::partition::PartitionError::Log(
-                        e @ crate::log::LogError::Corrupt { .. },
-                    )) => {
-                        // Fenced: left untouched on disk for an operator; the
-                        // rest of the broker keeps serving.
-                        tracing::error!(topic = %topic.name, partition = p, error = %e, "partition fenced");
-                        self.fenced.borrow_mut().insert((topic.name.clone(), p));
-                        continue;
+                match part {
+                    Ok(part) => {
+                        self.partitions.borrow_mut().insert(key, part);
                     }
-                    Err(e) => return Err(format!("opening {}-{p}: {e}", topic.name)),
-                };
-                self.partitions
-                    .borrow_mut()
-                    .insert((topic.name.clone(), p), part);
+                    Err(e) => {
+                        // Offline: left untouched on disk for an operator
+                        // (`ringtail repair` for a corrupt log); the rest of
+                        // the broker keeps serving.
+                        if matches!(e, PartitionError::Log(crate::log::LogError::Corrupt { .. })) {
+                            tracing::error!(topic = %topic.name, partition = p, error = %e, "partition fenced");
+                        } else {
+                            tracing::error!(topic = %topic.name, partition = p, error = %e, "partition offline: opening it failed");
+                            failed.push(format!("{}-{p}: {e}", topic.name));
+                        }
+                        self.offline.borrow_mut().insert(key);
+                    }
+                }
             }
         }
         for name in old.topics.keys() {
@@ -274,10 +380,17 @@ impl Shard {
                 self.drop_topic(name).await;
             }
         }
-        Ok(())
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("opening {}", failed.join("; ")))
+        }
     }
 
+    /// Deletes a topic's partitions here. An offline partition's directory
+    /// is left on disk (it may hold data an operator wants back).
     async fn drop_topic(&self, name: &str) {
+        self.offline.borrow_mut().retain(|(t, _)| t != name);
         let removed: Vec<Rc<Partition>> = {
             let mut parts = self.partitions.borrow_mut();
             let keys: Vec<PartitionKey> =
@@ -339,13 +452,17 @@ impl Shard {
         .unwrap_or(Err(ResponseError::BrokerNotAvailable))
     }
 
-    /// Closes every local partition cleanly (written, synced, trimmed).
-    pub async fn close_partitions(&self) {
+    /// Closes every local partition cleanly (written, synced, trimmed) and
+    /// names those that could not be.
+    pub async fn close_partitions(&self) -> Vec<String> {
+        let mut failed = Vec::new();
         for p in self.local_partitions() {
             if let Err(e) = p.close().await {
-                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "closing partition");
+                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "partition not closed cleanly");
+                failed.push(format!("{}-{}", p.topic, p.index));
             }
         }
+        failed
     }
 }
 

@@ -23,14 +23,14 @@ def free_port():
 
 
 class Broker:
-    def __init__(self, data_dir, extra_args=(), cores=2):
+    def __init__(self, data_dir, extra_args=(), cores=2, log_dir=None):
         self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.data_dir = Path(data_dir)
         self.extra_args = list(extra_args)
         self.cores = cores
         self.proc = None
-        self.log_path = self.data_dir.parent / f"broker-{self.port}.log"
+        self.log_path = Path(log_dir or self.data_dir.parent) / f"broker-{self.port}.log"
 
     def start(self):
         args = [str(BINARY), "serve", "--listen", self.bootstrap, "--data-dir", str(self.data_dir),
@@ -53,9 +53,13 @@ class Broker:
         self.proc.wait(10)
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(30)
+        rc = self.terminate()
         assert rc == 0, f"broker exited with {rc}:\n{self.log_tail()}"
+
+    def terminate(self, timeout=60):
+        """SIGTERM; returns the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
 
     def restart(self):
         self.stop()
@@ -132,6 +136,75 @@ def recv_exact(sock, n):
             raise ConnectionError("closed")
         out += chunk
     return out
+
+
+def kafka_request(port, request, response_class, version, correlation_id=1):
+    """Sends one request built with kafka-python's protocol classes (e.g.
+    `MetadataRequest[5](...)`) on a fresh connection and decodes the answer."""
+    request.with_header(correlation_id=correlation_id, client_id="raw")
+    data = request.encode(version=version, header=True, framed=True)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        body = read_frame(s, timeout=10)
+    return response_class.decode(body, version=version, header=True)
+
+
+def record_batch(value):
+    """One v2 record batch holding `value`, built by kafka-python."""
+    from kafka.record.memory_records import MemoryRecordsBuilder
+    b = MemoryRecordsBuilder(magic=2, compression_type=0, batch_size=1 << 20)
+    b.append(timestamp=int(time.time() * 1000), key=None, value=value)
+    b.close()
+    return bytes(b.buffer())
+
+
+def partition_errors(port, topic, partitions, produce_to=None):
+    """Error code per partition of `topic` in Metadata (v5), ListOffsets (v1),
+    OffsetForLeaderEpoch (v2), Fetch (v4) and Produce (v3, one record to each
+    partition of `produce_to`, all by default), sent as raw frames built with
+    kafka-python's protocol classes; plus Metadata's offline replicas."""
+    from kafka.protocol.consumer.fetch import FetchRequest, FetchResponse
+    from kafka.protocol.consumer.offsets import (ListOffsetsRequest, ListOffsetsResponse,
+                                                 OffsetForLeaderEpochRequest,
+                                                 OffsetForLeaderEpochResponse)
+    from kafka.protocol.metadata import MetadataRequest, MetadataResponse
+    from kafka.protocol.producer.produce import ProduceRequest, ProduceResponse
+    parts = list(range(partitions))
+    produce_to = parts if produce_to is None else produce_to
+    md = kafka_request(port, MetadataRequest[5](
+        topics=[MetadataRequest.MetadataRequestTopic(name=topic)],
+        allow_auto_topic_creation=False), MetadataResponse, 5)
+    md_parts = {p.partition_index: p for p in md.topics[0].partitions}
+    lo = kafka_request(port, ListOffsetsRequest[1](replica_id=-1, topics=[
+        ListOffsetsRequest.ListOffsetsTopic(name=topic, partitions=[
+            ListOffsetsRequest.ListOffsetsTopic.ListOffsetsPartition(partition_index=p, timestamp=-1)
+            for p in parts])]), ListOffsetsResponse, 1)
+    ep = kafka_request(port, OffsetForLeaderEpochRequest[2](topics=[
+        OffsetForLeaderEpochRequest.OffsetForLeaderTopic(topic=topic, partitions=[
+            OffsetForLeaderEpochRequest.OffsetForLeaderTopic.OffsetForLeaderPartition(
+                partition=p, current_leader_epoch=0, leader_epoch=0) for p in parts])]),
+        OffsetForLeaderEpochResponse, 2)
+    fe = kafka_request(port, FetchRequest[4](
+        replica_id=-1, max_wait_ms=100, min_bytes=1, max_bytes=1 << 20, isolation_level=0,
+        topics=[FetchRequest.FetchTopic(topic=topic, partitions=[
+            FetchRequest.FetchTopic.FetchPartition(partition=p, fetch_offset=0,
+                                                   partition_max_bytes=1 << 20)
+            for p in parts])]), FetchResponse, 4)
+    errors = {
+        "metadata": {p: md_parts[p].error_code for p in parts},
+        "offline": {p: list(md_parts[p].offline_replicas) for p in parts},
+        "list_offsets": {p.partition_index: p.error_code for p in lo.topics[0].partitions},
+        "leader_epoch": {p.partition: p.error_code for p in ep.topics[0].partitions},
+        "fetch": {p.partition_index: p.error_code for p in fe.responses[0].partitions},
+    }
+    if produce_to:
+        pr = kafka_request(port, ProduceRequest[3](acks=-1, timeout_ms=10000, topic_data=[
+            ProduceRequest.TopicProduceData(name=topic, partition_data=[
+                ProduceRequest.TopicProduceData.PartitionProduceData(
+                    index=p, records=record_batch(b"raw-%d" % p)) for p in produce_to])]),
+            ProduceResponse, 3)
+        errors["produce"] = {p.index: p.error_code for p in pr.responses[0].partition_responses}
+    return errors
 
 
 def api_versions(port, version=0):

@@ -41,6 +41,26 @@ impl SegmentIndex {
         }
     }
 
+    /// Indexes a batch of `size` bytes at `position` as it is appended or
+    /// recovered: an entry for the segment's first batch, then one each time
+    /// `interval` bytes went by since the last entry (`bytes_since_index`
+    /// counts them). `max_timestamp`: the segment's largest timestamp,
+    /// this batch included.
+    pub fn track(
+        &mut self,
+        bytes_since_index: &mut u64,
+        (position, size): (u64, u64),
+        relative_offset: u32,
+        max_timestamp: i64,
+        interval: u64,
+    ) {
+        if *bytes_since_index >= interval || self.offsets.is_empty() && position == 0 {
+            self.push(relative_offset, position as u32, max_timestamp);
+            *bytes_since_index = 0;
+        }
+        *bytes_since_index += size;
+    }
+
     /// Byte position from which a scan finds `relative_offset`: the entry
     /// with the largest offset not above it, or the segment start.
     pub fn lookup(&self, relative_offset: u32) -> u32 {

@@ -6,7 +6,9 @@
 //! syncs, rolls) under its io lock so no RefCell borrow is held across an await.
 
 pub mod index;
+pub mod lock;
 pub mod segment;
+pub mod space;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -40,6 +42,8 @@ pub enum LogError {
         "{path} is corrupt at byte {position}: a sealed segment fails validation; partition fenced"
     )]
     Corrupt { path: PathBuf, position: u64 },
+    #[error("data directory lock {path} is held by another process (a running broker or repair)")]
+    InUse { path: PathBuf },
 }
 
 impl LogError {
@@ -49,6 +53,12 @@ impl LogError {
             path: path.to_owned(),
             source: source.into(),
         }
+    }
+
+    /// True when the error is the file system's lack of room (ENOSPC,
+    /// EDQUOT): the operation may succeed once space returns.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, LogError::Io { source, .. } if space::is_no_space(source))
     }
 }
 
@@ -78,7 +88,8 @@ pub struct ReadPlan {
     pub next_segment: Option<i64>,
 }
 
-fn segment_bases(dir: &Path) -> Result<Vec<i64>, LogError> {
+/// Base offsets of the `.log` files in `dir`, ascending.
+pub fn segment_bases(dir: &Path) -> Result<Vec<i64>, LogError> {
     let mut bases = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| LogError::io("list", dir, e))?;
     for entry in entries {
@@ -266,7 +277,9 @@ async fn recover_segment(
         .file_size()
         .await
         .map_err(|e| LogError::io("stat", &seg.path, e))?;
-    let max_batch = config.max_batch_bytes.max(16 * 1024 * 1024);
+    let max_batch = config
+        .max_batch_bytes
+        .max(crate::config::MIN_RECOVERED_BATCH_BYTES);
     let mut carry = BytesMut::new();
     let mut carry_pos = 0u64; // file position of carry[0]
     let mut read_pos = 0u64;
@@ -301,7 +314,7 @@ async fn recover_segment(
                     carry_pos += size as u64;
                 }
                 Err(e) => {
-                    tracing::warn!(path = %seg.path.display(), position = carry_pos, error = %e, "torn or corrupt batch; truncating");
+                    tracing::warn!(path = %seg.path.display(), position = carry_pos, error = %e, "torn or corrupt batch");
                     complete = false;
                     break 'scan;
                 }
@@ -466,7 +479,7 @@ mod tests {
 
     async fn flush(log: &mut Log) {
         if let Some(p) = log.active_mut().take_write() {
-            p.file.write_at(p.buffer, p.position).await.unwrap();
+            p.file.write_rc_at(p.buffer, p.position).await.unwrap();
             log.active_mut().written_to(p.end);
         }
     }

@@ -13,6 +13,11 @@
 //!   The partition tracks that; the segment never syncs on its own except when sealed.
 //! - At most one write is in flight per segment (the partition's io lock), so
 //!   two writes of the same partial page never race.
+//! - A write that met a full file system keeps its pages (the buffer is
+//!   shared with the write, `Rc`): the partition rewrites them at the same
+//!   position before any later pages.
+//! - `allocated` is how far the file has blocks (preallocated or written);
+//!   preallocation past it is sized by the caller from the free-space guard.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -24,9 +29,6 @@ use super::LogError;
 
 /// Alignment of every O_DIRECT write and read position.
 pub const PAGE_BYTES: u64 = 4096;
-/// Space reserved ahead of the write position with fallocate, so appends do
-/// not allocate blocks one write at a time.
-pub const PREALLOCATE_STEP_BYTES: u64 = 32 * 1024 * 1024;
 
 pub fn align_down(v: u64) -> u64 {
     v & !(PAGE_BYTES - 1)
@@ -41,8 +43,10 @@ pub fn log_file_name(base_offset: i64) -> String {
 
 /// Filled pages ready to be written at `position`.
 pub struct PendingWrite {
+    /// The segment the pages belong to.
+    pub base_offset: i64,
     pub file: Rc<DmaFile>,
-    pub buffer: DmaBuffer,
+    pub buffer: Rc<DmaBuffer>,
     pub position: u64,
     /// Logical segment size covered once this write completes.
     pub end: u64,
@@ -67,6 +71,7 @@ pub struct Segment {
     buf_pos: u64,
     /// The partial last page while no buffer is allocated.
     tail: Vec<u8>,
+    /// File bytes backed by blocks: preallocated or written (page aligned).
     allocated: u64,
 }
 
@@ -128,13 +133,13 @@ impl Segment {
         max_ts: i64,
         interval: u64,
     ) {
-        if self.bytes_since_index >= interval || self.index.offsets.is_empty() && position == 0 {
-            let ts = self.max_timestamp.max(max_ts);
-            self.index
-                .push((base - self.base_offset) as u32, position as u32, ts);
-            self.bytes_since_index = 0;
-        }
-        self.bytes_since_index += size;
+        self.index.track(
+            &mut self.bytes_since_index,
+            (position, size),
+            (base - self.base_offset) as u32,
+            self.max_timestamp.max(max_ts),
+            interval,
+        );
         if max_ts > self.max_timestamp {
             self.max_timestamp = max_ts;
             self.offset_of_max_timestamp = last;
@@ -161,7 +166,7 @@ impl Segment {
         self.written = valid;
         self.buf_pos = align_down(valid);
         self.tail = tail;
-        self.allocated = valid;
+        self.allocated = align_up(valid);
         Ok(())
     }
 
@@ -207,27 +212,39 @@ impl Segment {
         self.buf_pos += full as u64;
         self.buf_len = 0;
         Some(PendingWrite {
+            base_offset: self.base_offset,
             file: self.file.clone(),
-            buffer,
+            buffer: Rc::new(buffer),
             position,
             end: self.size,
         })
     }
 
-    /// Space to reserve before writing up to `end`, if any.
-    pub fn preallocation_needed(&self, end: u64, enabled: bool) -> Option<u64> {
-        if !enabled || end <= self.allocated {
+    /// File size to reserve (`step` bytes past the write) before writing up
+    /// to `end`, if the write goes past the allocated blocks and `step` > 0.
+    pub fn preallocation_needed(&self, end: u64, step: u64) -> Option<u64> {
+        if step == 0 || end <= self.allocated {
             return None;
         }
-        Some(align_up(end) + PREALLOCATE_STEP_BYTES)
+        Some(align_up(end) + step)
+    }
+
+    /// How far the file has blocks.
+    pub fn allocated(&self) -> u64 {
+        self.allocated
     }
 
     pub fn allocated_to(&mut self, size: u64) {
-        self.allocated = size;
+        self.allocated = self.allocated.max(size);
     }
 
-    pub fn written_to(&mut self, end: u64) {
+    /// The device holds the pages up to `end`; returns the bytes of blocks
+    /// that the write allocated beyond what was allocated before.
+    pub fn written_to(&mut self, end: u64) -> u64 {
         self.written = self.written.max(end);
+        let grown = align_up(end).saturating_sub(self.allocated);
+        self.allocated += grown;
+        grown
     }
 
     /// What sealing needs, detached from the segment so no borrow of the

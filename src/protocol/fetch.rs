@@ -35,9 +35,7 @@ async fn read_on_owner(
     offset: i64,
     max_bytes: usize,
 ) -> ReadResult {
-    let partition = shard
-        .partition(&topic, index)
-        .ok_or_else(|| shard.missing_partition_error(&topic, index))?;
+    let partition = shard.serving_partition(&topic, index)?;
     partition.read(offset, max_bytes).await.map_err(|e| {
         tracing::warn!(topic, index, offset, error = %e, "fetch read failed");
         partition_error_code(&e)

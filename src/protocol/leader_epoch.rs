@@ -41,13 +41,11 @@ pub async fn handle(
                 let (topic, index) = (name.clone(), p.partition);
                 shard
                     .invoke_on(shard.owner(&name, p.partition), move |s| async move {
-                        s.partition(&topic, index).map(|part| part.log_end_offset())
+                        s.serving_partition(&topic, index)
+                            .map(|part| Some(part.log_end_offset()))
                     })
                     .await
-                    .ok()
-                    .flatten()
-                    .map(Some)
-                    .ok_or(ResponseError::UnknownTopicOrPartition)
+                    .unwrap_or(Err(ResponseError::BrokerNotAvailable))
             };
             parts.push(match result {
                 Ok(Some(end)) => base.with_leader_epoch(LEADER_EPOCH).with_end_offset(end),

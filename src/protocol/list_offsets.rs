@@ -25,9 +25,7 @@ async fn lookup_on_owner(
     index: i32,
     timestamp: i64,
 ) -> Result<(i64, i64), ResponseError> {
-    let p = shard
-        .partition(&topic, index)
-        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    let p = shard.serving_partition(&topic, index)?;
     match timestamp {
         LATEST_TIMESTAMP => Ok((p.high_watermark(), -1)),
         EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => Ok((p.log_start_offset(), -1)),

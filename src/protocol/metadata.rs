@@ -1,7 +1,13 @@
 //! Metadata (key 3), v0-12: this broker, its topics and their partitions
 //! (single node: leader and only replica of everything). Auto-creates
-//! requested topics when allowed.
+//! requested topics when allowed, and says so when that fails.
+//!
+//! A partition this broker cannot serve (fenced at recovery, not opened, or
+//! poisoned by an I/O error) is listed with KAFKA_STORAGE_ERROR and this
+//! broker in its offline replicas, as Kafka lists a partition whose log
+//! directory is offline; the shards owning partitions are asked for them.
 
+use std::collections::HashSet;
 use std::rc::Rc;
 
 use kafka_protocol::messages::metadata_request::MetadataRequest;
@@ -13,7 +19,19 @@ use kafka_protocol::ResponseError;
 
 use super::{str_bytes, topics};
 use crate::cluster::{valid_topic_name, TopicMeta};
-use crate::shard::Shard;
+use crate::shard::{PartitionKey, Shard};
+
+/// Partitions answering KAFKA_STORAGE_ERROR, gathered from every shard.
+async fn offline_partitions(shard: &Rc<Shard>) -> HashSet<PartitionKey> {
+    let asks = (0..shard.count)
+        .map(|s| shard.invoke_on(s, |s: Rc<Shard>| async move { s.offline_partitions() }));
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect()
+}
 
 pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> MetadataResponse {
     let node = BrokerId(shard.config.node_id);
@@ -31,12 +49,13 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
         Some(t) if t.is_empty() && version == 0 => None,
         Some(t) => Some(t),
     };
+    let offline = offline_partitions(shard).await;
     let Some(requested) = requested else {
         let table = shard.topics();
         response.topics = table
             .topics
             .values()
-            .map(|t| topic_entry(t, node))
+            .map(|t| topic_entry(t, node, &offline))
             .collect();
         return response;
     };
@@ -66,17 +85,16 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             ));
             continue;
         }
-        let mut meta = shard.topics().get(&name).cloned();
-        if meta.is_none() && auto_create {
-            meta = topics::auto_create(shard, &name).await.ok();
-        }
+        let meta = match shard.topics().get(&name).cloned() {
+            Some(m) => Ok(m),
+            None if auto_create => topics::auto_create(shard, &name).await,
+            None => Err(ResponseError::UnknownTopicOrPartition),
+        };
         match meta {
-            Some(m) => response.topics.push(topic_entry(&m, node)),
-            None => response.topics.push(error_topic(
-                Some(&name),
-                t.topic_id,
-                ResponseError::UnknownTopicOrPartition,
-            )),
+            Ok(m) => response.topics.push(topic_entry(&m, node, &offline)),
+            Err(e) => response
+                .topics
+                .push(error_topic(Some(&name), t.topic_id, e)),
         }
     }
     response
@@ -89,7 +107,11 @@ fn error_topic(name: Option<&str>, id: uuid::Uuid, error: ResponseError) -> Meta
         .with_topic_id(id)
 }
 
-fn topic_entry(t: &TopicMeta, node: BrokerId) -> MetadataResponseTopic {
+fn topic_entry(
+    t: &TopicMeta,
+    node: BrokerId,
+    offline: &HashSet<PartitionKey>,
+) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(&t.name))))
         .with_topic_id(t.id)
@@ -97,12 +119,19 @@ fn topic_entry(t: &TopicMeta, node: BrokerId) -> MetadataResponseTopic {
         .with_partitions(
             (0..t.partitions)
                 .map(|p| {
-                    MetadataResponsePartition::default()
+                    let entry = MetadataResponsePartition::default()
                         .with_partition_index(p)
                         .with_leader_id(node)
                         .with_leader_epoch(0)
                         .with_replica_nodes(vec![node])
-                        .with_isr_nodes(vec![node])
+                        .with_isr_nodes(vec![node]);
+                    if !offline.is_empty() && offline.contains(&(t.name.clone(), p)) {
+                        entry
+                            .with_error_code(ResponseError::KafkaStorageError.code())
+                            .with_offline_replicas(vec![node])
+                    } else {
+                        entry
+                    }
                 })
                 .collect(),
         )

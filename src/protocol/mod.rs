@@ -317,6 +317,13 @@ fn encode_response(
 }
 
 /// Maps a partition-level error to its Kafka error code.
+///
+/// A full file system (NoSpace) answers KAFKA_STORAGE_ERROR: clients retry
+/// it until their delivery timeout (Kafka's Java client: a retriable
+/// InvalidMetadataException; librdkafka: refresh and retry; kafka-python:
+/// retriable), and the partition resumes by itself once space returns.
+/// BROKER_NOT_AVAILABLE or POLICY_VIOLATION would fail the Java producer's
+/// batches at once.
 pub fn partition_error_code(e: &PartitionError) -> ResponseError {
     match e {
         PartitionError::Batch(BatchError::BadCrc { .. }) => ResponseError::CorruptMessage,
@@ -325,7 +332,9 @@ pub fn partition_error_code(e: &PartitionError) -> ResponseError {
         PartitionError::Log(crate::log::LogError::OffsetOutOfRange(_)) => {
             ResponseError::OffsetOutOfRange
         }
-        PartitionError::Log(_) | PartitionError::Poisoned => ResponseError::KafkaStorageError,
+        PartitionError::Log(_) | PartitionError::Poisoned | PartitionError::NoSpace => {
+            ResponseError::KafkaStorageError
+        }
         PartitionError::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber,
         PartitionError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch,
         PartitionError::OffsetOutOfRange(_) => ResponseError::OffsetOutOfRange,

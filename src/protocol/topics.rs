@@ -1,6 +1,8 @@
 //! CreateTopics (key 19) v2-7, DeleteTopics (key 20) v1-6,
 //! CreatePartitions (key 37) v0-3, and topic auto-creation. All changes go
-//! through the controller shard (`Shard::change_topics`).
+//! through the controller shard (`Shard::change_topics`). A topic table that
+//! could not be written, or a data directory below its free-space threshold,
+//! is answered with KAFKA_STORAGE_ERROR, never a silent no.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -64,8 +66,19 @@ fn new_topic(name: &str, partitions: i32, configs: BTreeMap<String, String>) -> 
     }
 }
 
+/// Creating a topic writes the topic table and the partitions' files:
+/// refused while the data directory is below its free-space threshold.
+fn refuse_when_full(shard: &Shard) -> Result<(), ResponseError> {
+    if shard.space.is_full() {
+        Err(ResponseError::KafkaStorageError)
+    } else {
+        Ok(())
+    }
+}
+
 /// Creates `name` with the default partition count (Metadata auto-create).
 pub async fn auto_create(shard: &Rc<Shard>, name: &str) -> Result<TopicMeta, ResponseError> {
+    refuse_when_full(shard)?;
     let partitions = shard.config.default_partitions;
     let topic = name.to_string();
     shard
@@ -172,6 +185,10 @@ pub async fn create(
                 )),
                 None => Ok(new_topic(&name, partitions, configs)),
             },
+            Ok(()) if refuse_when_full(shard).is_err() => Err((
+                ResponseError::KafkaStorageError,
+                "the data directory is below its free-space threshold".into(),
+            )),
             Ok(()) => {
                 let topic = name.clone();
                 shard

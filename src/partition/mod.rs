@@ -5,6 +5,10 @@
 //! it through the shard mesh. Appends are serialized by `append_lock` (FIFO),
 //! so pipelined produce requests land in arrival order; disk I/O is serialized
 //! by `io_lock`. Neither is held across threads: both are shard-local.
+//! The write path (device writes, fdatasync, rolls, what a full or failing
+//! device does to the partition) is in `write.rs`.
+
+mod write;
 
 pub mod epochs;
 pub mod replica;
@@ -20,6 +24,8 @@ use futures::channel::oneshot;
 use glommio::sync::Semaphore;
 use thiserror::Error;
 
+use crate::log::segment::PendingWrite;
+use crate::log::space::SpaceGuard;
 use crate::log::{read_batches, Log, LogConfig, LogError};
 use crate::producer_state::{ProducerStates, SequenceCheck};
 use crate::record::{self, BatchError, BatchHeader, RecordSet, RecordSetBuilder};
@@ -32,6 +38,8 @@ pub enum PartitionError {
     Log(#[from] LogError),
     #[error("storage failed earlier; partition refuses writes")]
     Poisoned,
+    #[error("the data directory's file system is full; writes resume when space returns")]
+    NoSpace,
     #[error("out of order sequence number")]
     OutOfOrderSequence,
     #[error("producer epoch is fenced")]
@@ -152,9 +160,14 @@ pub struct Partition {
     durable_waiters: RefCell<VecDeque<(i64, oneshot::Sender<bool>)>>,
     data_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     poisoned: Cell<bool>,
+    /// Pages whose write met a full file system, rewritten before any later
+    /// pages (see `write.rs`). While set, produce is refused.
+    stalled: RefCell<Option<PendingWrite>>,
     deleted: Cell<bool>,
     cache: Rc<RefCell<BatchCache>>,
     budget: Rc<CacheBudget>,
+    /// The shard's free-space guard.
+    space: Rc<SpaceGuard>,
     dirty: Cell<bool>,
     max_batch_bytes: usize,
     /// Flush policy group commit: the high watermark (and acks) move only
@@ -174,6 +187,7 @@ impl Partition {
         index: i32,
         config: LogConfig,
         budget: Rc<CacheBudget>,
+        space: Rc<SpaceGuard>,
         group_commit: bool,
     ) -> Result<Rc<Partition>, PartitionError> {
         let dir = data_dir.join(format!("{topic}-{index}"));
@@ -199,9 +213,11 @@ impl Partition {
             durable_waiters: RefCell::new(VecDeque::new()),
             data_waiters: RefCell::new(Vec::new()),
             poisoned: Cell::new(false),
+            stalled: RefCell::new(None),
             deleted: Cell::new(false),
             cache: Rc::new(RefCell::new(BatchCache::default())),
             budget,
+            space,
             dirty: Cell::new(false),
             max_batch_bytes,
             group_commit,
@@ -223,10 +239,16 @@ impl Partition {
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.get()
     }
+    /// A write is waiting for the file system to have room again.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.borrow().is_some()
+    }
 
     /// Validates, de-duplicates and appends the batches of one produce, then
     /// (unless `acks == 0`) waits until the flusher made them durable.
     /// `mark_dirty` tells the shard's flusher this partition has new data.
+    /// Refused (NoSpace) while the file system is below its free-space
+    /// threshold or a write of this partition waits for room.
     pub async fn produce(
         self: &Rc<Self>,
         records: Bytes,
@@ -235,6 +257,9 @@ impl Partition {
     ) -> Result<Appended, PartitionError> {
         if self.poisoned.get() {
             return Err(PartitionError::Poisoned);
+        }
+        if self.space.is_full() || self.is_stalled() {
+            return Err(PartitionError::NoSpace);
         }
         let sizes = record::split_batches(&records, self.max_batch_bytes)?;
         let _permit = self
@@ -352,133 +377,6 @@ impl Partition {
             .push_back((base, last, batch.freeze()));
         self.budget.admit(&self.cache, base, len);
         Ok((base, last))
-    }
-
-    /// Writes buffered pages to the device and, with `sync`, fdatasyncs; then
-    /// advances the high watermark over what is now durable and wakes waiters.
-    /// Any I/O error poisons the partition: acks stop, nothing is retried.
-    pub async fn write_out(self: &Rc<Self>, sync: bool) -> Result<(), PartitionError> {
-        let _io = self
-            .io_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| PartitionError::Deleted)?;
-        self.dirty.set(false);
-        if self.poisoned.get() {
-            return Err(PartitionError::Poisoned);
-        }
-        let end_offset = self.log.borrow().log_end_offset();
-        let result = self.write_and_sync(sync).await;
-        match result {
-            Ok(()) => {
-                if sync || !self.group_commit {
-                    self.advance_high_watermark(end_offset);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(topic = %self.topic, partition = self.index, error = %e, "storage error; partition poisoned");
-                self.poison();
-                Err(e)
-            }
-        }
-    }
-
-    async fn write_and_sync(&self, sync: bool) -> Result<(), PartitionError> {
-        let (pending, prealloc, base) = {
-            let mut log = self.log.borrow_mut();
-            let preallocate = log.config.preallocate;
-            let seg = log.active_mut();
-            let base = seg.base_offset;
-            let pending = seg.take_write();
-            let prealloc = pending.as_ref().and_then(|p| {
-                seg.preallocation_needed(p.position + p.buffer.len() as u64, preallocate)
-            });
-            (pending, prealloc, base)
-        };
-        if let Some(p) = pending {
-            let path = self.log.borrow().active().path.clone();
-            if let Some(size) = prealloc {
-                if p.file.pre_allocate(size, true).await.is_ok() {
-                    if let Some(seg) = self.log.borrow_mut().segment_mut(base) {
-                        seg.allocated_to(size);
-                    }
-                }
-            }
-            p.file
-                .write_at(p.buffer, p.position)
-                .await
-                .map_err(|e| LogError::io("write", &path, e))?;
-            if let Some(seg) = self.log.borrow_mut().segment_mut(base) {
-                seg.written_to(p.end);
-            }
-            self.synced.set(false);
-        }
-        if sync && !self.synced.get() {
-            let (file, path) = {
-                let log = self.log.borrow();
-                (log.active().file.clone(), log.active().path.clone())
-            };
-            file.fdatasync()
-                .await
-                .map_err(|e| LogError::io("fdatasync", &path, e))?;
-            self.synced.set(true);
-        }
-        Ok(())
-    }
-
-    fn advance_high_watermark(&self, end_offset: i64) {
-        if end_offset <= self.high_watermark.get() {
-            return;
-        }
-        self.high_watermark.set(end_offset);
-        let mut waiters = self.durable_waiters.borrow_mut();
-        while waiters.front().is_some_and(|(o, _)| *o <= end_offset) {
-            let (_, tx) = waiters.pop_front().expect("checked");
-            let _ = tx.send(true);
-        }
-        drop(waiters);
-        for tx in self.data_waiters.borrow_mut().drain(..) {
-            let _ = tx.send(());
-        }
-    }
-
-    fn poison(&self) {
-        self.poisoned.set(true);
-        for (_, tx) in self.durable_waiters.borrow_mut().drain(..) {
-            let _ = tx.send(false);
-        }
-    }
-
-    /// Seals the active segment (written, synced, trimmed, indexes on disk)
-    /// and starts a new one at the log end offset.
-    async fn roll(self: &Rc<Self>) -> Result<(), PartitionError> {
-        self.write_out(true).await?;
-        let _io = self
-            .io_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| PartitionError::Deleted)?;
-        let result = async {
-            let (dir, next) = {
-                let log = self.log.borrow();
-                (log.dir.clone(), log.log_end_offset())
-            };
-            let (sealed_base, seal) = {
-                let log = self.log.borrow();
-                (log.active().base_offset, log.active().seal_job())
-            };
-            seal.run().await?;
-            let seg = crate::log::segment::Segment::create(&dir, next).await?;
-            tracing::debug!(topic = %self.topic, partition = self.index, sealed_base, next, "rolled segment");
-            self.log.borrow_mut().segments.push(seg);
-            Ok::<(), LogError>(())
-        }
-        .await;
-        result.map_err(|e| {
-            self.poison();
-            PartitionError::Log(e)
-        })
     }
 
     /// Reads batches from `offset` for a fetch, bounded by the high watermark.
@@ -685,9 +583,18 @@ mod tests {
         run(|| async {
             let dir = tempfile::tempdir().unwrap();
             crate::log::probe_device(dir.path()).await.unwrap();
-            let p = Partition::open(dir.path(), "t", 0, config(), CacheBudget::new(0), true)
-                .await
-                .unwrap();
+            let space = Rc::new(SpaceGuard::unlimited());
+            let p = Partition::open(
+                dir.path(),
+                "t",
+                0,
+                config(),
+                CacheBudget::new(0),
+                space,
+                true,
+            )
+            .await
+            .unwrap();
             let flushes = Rc::new(RefCell::new(Vec::new()));
             for i in 0..5 {
                 let f = flushes.clone();

@@ -82,6 +82,67 @@ pub const REPAIR_READ_BYTES: usize = 4 * 1024 * 1024;
 /// are counted, so a badly damaged log cannot flood the terminal.
 pub const MAX_REPAIR_REPORT_LINES: usize = 200;
 
+/// A broker without a heartbeat for this long is fenced and its partitions
+/// get new leaders (Kafka's `broker.session.timeout.ms`).
+pub const DEFAULT_BROKER_SESSION_TIMEOUT_MS: u64 = 9_000;
+/// How often a broker heartbeats to the active controller (Kafka: 2000 ms);
+/// a fenced broker heartbeats every Raft tick until it is unfenced.
+pub const DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+/// Longest a broker-to-controller request (admin changes, ISR changes,
+/// registration) waits for a controller to commit it before failing with a
+/// retriable error; covers one controller failover.
+pub const DEFAULT_CONTROLLER_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Raft tick of the controller quorum. Elections start after
+/// RAFT_ELECTION_TICKS..2*RAFT_ELECTION_TICKS ticks without a leader
+/// (1-2 s), leaders heartbeat every RAFT_HEARTBEAT_TICKS.
+pub const RAFT_TICK_MS: u64 = 100;
+pub const RAFT_ELECTION_TICKS: usize = 10;
+pub const RAFT_HEARTBEAT_TICKS: usize = 2;
+/// Applied metadata entries between two snapshots of the image (then the
+/// metadata log is compacted).
+pub const METADATA_SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
+/// Bytes of Raft entries in one append message; caps a catch-up burst.
+pub const RAFT_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
+/// Append messages in flight to one lagging voter.
+pub const RAFT_MAX_INFLIGHT_MESSAGES: usize = 256;
+/// Largest frame on the controller listener: a snapshot of the metadata
+/// image travels in one (about 250 bytes per partition).
+pub const CONTROLLER_MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
+/// Messages queued for one controller peer before Raft messages are
+/// dropped (Raft retransmits) and requests refused.
+pub const CONTROLLER_PEER_QUEUE_MESSAGES: usize = 4096;
+/// Wait before reconnecting to a controller peer that went away.
+pub const CONTROLLER_RECONNECT_BACKOFF_MS: u64 = 200;
+pub const CONTROLLER_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Inputs (peer messages, proposals) and controller requests queued on the
+/// controller shard before the oldest are dropped or new ones refused.
+pub const CONTROLLER_QUEUE_LIMIT: usize = 16_384;
+/// How often the active controller checks broker sessions and offline
+/// partitions.
+pub const CONTROLLER_TICK_MS: u64 = 250;
+/// Producer ids a broker takes from the controller at a time.
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1_000;
+/// Longest a SIGTERMed broker waits for the controller to move its
+/// leaderships away before it stops anyway.
+pub const DEFAULT_CONTROLLED_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+/// Replicas of `__consumer_offsets`, capped by the number of voters
+/// (Kafka's `offsets.topic.replication.factor`).
+pub const DEFAULT_OFFSETS_TOPIC_REPLICATION_FACTOR: i32 = 3;
+/// A follower that has not caught up with the leader's log end for this
+/// long leaves the ISR (Kafka's `replica.lag.time.max.ms`).
+pub const DEFAULT_REPLICA_LAG_TIME_MAX_MS: u64 = 30_000;
+/// How often leaders check their followers' lag.
+pub const REPLICA_LAG_CHECK_INTERVAL_MS: u64 = 1_000;
+/// Bytes a follower asks per partition in one fetch (Kafka's `replica.fetch.max.bytes`).
+pub const DEFAULT_REPLICA_FETCH_MAX_BYTES: usize = 1024 * 1024;
+/// Bytes a follower asks per fetch in all (Kafka's `replica.fetch.response.max.bytes`);
+/// also the most a fetch loop holds in flight.
+pub const DEFAULT_REPLICA_FETCH_RESPONSE_MAX_BYTES: usize = 10 * 1024 * 1024;
+/// Long-poll wait of a follower fetch (Kafka's `replica.fetch.wait.max.ms`).
+pub const DEFAULT_REPLICA_FETCH_WAIT_MAX_MS: u64 = 500;
+/// Wait after a failed follower fetch (Kafka's `replica.fetch.backoff.ms`).
+pub const DEFAULT_REPLICA_FETCH_BACKOFF_MS: u64 = 1_000;
+
 const PAGE: usize = 4096;
 const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES >= 16 * PAGE);
 const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES.is_multiple_of(PAGE));
@@ -151,7 +212,29 @@ pub struct Config {
     pub min_free_bytes: u64,
     pub min_free_percent: u64,
     pub disk_check_interval_ms: u64,
-    pub cluster_id: String,
+    /// Cluster id for a new cluster; by default a random Kafka-style id
+    /// (an existing data dir keeps the one in its meta.properties).
+    pub cluster_id: Option<String>,
+    /// Controller listener (Raft and broker-to-controller traffic); by
+    /// default this node's own address in `controller_voters`.
+    pub controller_listen: Option<String>,
+    /// The controller quorum as Kafka writes it: `1@host:port,2@host:port,...`.
+    /// Empty: a one-voter cluster of this node, with no controller listener.
+    pub controller_voters: Option<String>,
+    pub broker_session_timeout_ms: u64,
+    pub broker_heartbeat_interval_ms: u64,
+    pub controller_request_timeout_ms: u64,
+    pub controlled_shutdown_timeout_ms: u64,
+    /// Replicas of topics created with -1 (Kafka's `default.replication.factor`).
+    pub default_replication_factor: i32,
+    /// min.insync.replicas of topics that do not set it.
+    pub min_insync_replicas: i32,
+    pub offsets_topic_replication_factor: i32,
+    pub replica_lag_time_max_ms: u64,
+    pub replica_fetch_max_bytes: usize,
+    pub replica_fetch_response_max_bytes: usize,
+    pub replica_fetch_wait_max_ms: u64,
+    pub replica_fetch_backoff_ms: u64,
     pub offsets_topic_partitions: i32,
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
@@ -182,7 +265,21 @@ impl Default for Config {
             min_free_bytes: DEFAULT_MIN_FREE_BYTES,
             min_free_percent: DEFAULT_MIN_FREE_PERCENT,
             disk_check_interval_ms: DEFAULT_DISK_CHECK_INTERVAL_MS,
-            cluster_id: "ringtail-cluster-0001".into(),
+            cluster_id: None,
+            controller_listen: None,
+            controller_voters: None,
+            broker_session_timeout_ms: DEFAULT_BROKER_SESSION_TIMEOUT_MS,
+            broker_heartbeat_interval_ms: DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS,
+            controller_request_timeout_ms: DEFAULT_CONTROLLER_REQUEST_TIMEOUT_MS,
+            controlled_shutdown_timeout_ms: DEFAULT_CONTROLLED_SHUTDOWN_TIMEOUT_MS,
+            default_replication_factor: 1,
+            min_insync_replicas: 1,
+            offsets_topic_replication_factor: DEFAULT_OFFSETS_TOPIC_REPLICATION_FACTOR,
+            replica_lag_time_max_ms: DEFAULT_REPLICA_LAG_TIME_MAX_MS,
+            replica_fetch_max_bytes: DEFAULT_REPLICA_FETCH_MAX_BYTES,
+            replica_fetch_response_max_bytes: DEFAULT_REPLICA_FETCH_RESPONSE_MAX_BYTES,
+            replica_fetch_wait_max_ms: DEFAULT_REPLICA_FETCH_WAIT_MAX_MS,
+            replica_fetch_backoff_ms: DEFAULT_REPLICA_FETCH_BACKOFF_MS,
             offsets_topic_partitions: DEFAULT_OFFSETS_TOPIC_PARTITIONS,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
@@ -245,7 +342,76 @@ impl Config {
         if self.max_in_flight_per_connection == 0 || self.index_interval_bytes == 0 {
             return bad("max_in_flight_per_connection and index_interval_bytes must be > 0".into());
         }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id < 0 {
+            return bad("node_id must be 0 or more".into());
+        }
+        let voters = self.voters()?;
+        if !voters.is_empty() && !voters.iter().any(|(id, _)| *id == self.node_id) {
+            return bad(format!(
+                "node {} is not among controller_voters: every node is a controller voter and a broker",
+                self.node_id
+            ));
+        }
+        if let Some(l) = &self.controller_listen {
+            if l.parse::<SocketAddr>().is_err() {
+                return bad(format!("controller_listen {l:?} is not HOST:PORT"));
+            }
+        }
+        if self.broker_heartbeat_interval_ms == 0
+            || self.broker_heartbeat_interval_ms * 2 > self.broker_session_timeout_ms
+        {
+            return bad("broker_heartbeat_interval_ms must be > 0 and at most half of broker_session_timeout_ms".into());
+        }
+        if self.default_replication_factor < 1 || self.min_insync_replicas < 1 {
+            return bad(
+                "default_replication_factor and min_insync_replicas must be at least 1".into(),
+            );
+        }
+        if !(1..=16).contains(&self.offsets_topic_replication_factor) {
+            return bad("offsets_topic_replication_factor must be in 1..=16".into());
+        }
+        if self.replica_fetch_max_bytes == 0
+            || self.replica_fetch_response_max_bytes < self.replica_fetch_max_bytes
+            || self.replica_fetch_response_max_bytes > self.max_request_bytes
+        {
+            return bad("replica fetch sizes: 0 < replica_fetch_max_bytes <= replica_fetch_response_max_bytes <= max_request_bytes".into());
+        }
         Ok(())
+    }
+
+    /// The controller voters, `(node id, "host:port")`; empty when unset.
+    pub fn voters(&self) -> Result<Vec<(i32, String)>, ConfigError> {
+        let Some(list) = self
+            .controller_voters
+            .as_deref()
+            .filter(|v| !v.trim().is_empty())
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<(i32, String)> = Vec::new();
+        for item in list.split(',') {
+            let parsed = item.trim().split_once('@').and_then(|(id, addr)| {
+                let id = id.parse::<i32>().ok().filter(|i| *i >= 0)?;
+                let port_ok = addr
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+                port_ok.then(|| (id, addr.to_string()))
+            });
+            match parsed {
+                Some(v) if !out.iter().any(|(id, _)| *id == v.0) => out.push(v),
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "controller_voters entry {item:?} is not ID@HOST:PORT with a distinct id"
+                    )))
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Bytes of batch cache for each of `shards` shards.

@@ -44,9 +44,17 @@ struct ServeArgs {
     /// Address given to clients in Metadata responses.
     #[arg(long)]
     advertise: Option<String>,
-    /// This broker's node id.
+    /// This broker's node id (also its id among the controller voters).
     #[arg(long)]
     node_id: Option<i32>,
+    /// Address for the controller quorum's traffic (Raft, broker-to-controller);
+    /// by default this node's address in --controller-voters.
+    #[arg(long)]
+    controller_listen: Option<String>,
+    /// The controller voters, Kafka's form: 1@HOST:PORT,2@HOST:PORT,3@HOST:PORT.
+    /// Every voter is also a broker. Without it the node is a one-voter cluster.
+    #[arg(long)]
+    controller_voters: Option<String>,
     /// TOML configuration file; command line flags win over it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -85,6 +93,12 @@ fn main() -> Result<()> {
             }
             if let Some(v) = args.node_id {
                 config.node_id = v;
+            }
+            if let Some(v) = args.controller_listen {
+                config.controller_listen = Some(v);
+            }
+            if let Some(v) = args.controller_voters {
+                config.controller_voters = Some(v);
             }
             config.validate()?;
             ringtail::server::run(config)

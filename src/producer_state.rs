@@ -24,6 +24,9 @@ pub struct BatchMeta {
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<BatchMeta>,
+    /// Every remembered batch was cut off by a truncation: the next batch
+    /// is taken whatever its sequence, and the history restarts from it.
+    resync: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,9 @@ impl ProducerStates {
         if h.producer_epoch() < entry.epoch {
             return SequenceCheck::InvalidEpoch;
         }
+        if entry.resync {
+            return SequenceCheck::Append;
+        }
         if h.producer_epoch() > entry.epoch {
             return if h.base_sequence() == 0 {
                 SequenceCheck::Append
@@ -105,6 +111,18 @@ impl ProducerStates {
         }
     }
 
+    /// The log was cut at `offset` (a follower's divergent tail): batches
+    /// from there on are forgotten.
+    pub fn truncate(&mut self, offset: i64) {
+        for entry in self.producers.values_mut() {
+            let before = entry.batches.len();
+            entry.batches.retain(|b| b.last_offset < offset);
+            if entry.batches.is_empty() && before > 0 {
+                entry.resync = true;
+            }
+        }
+    }
+
     /// Records a batch now in the log (appended, or replayed by recovery).
     pub fn record(&mut self, h: &BatchHeader) {
         if h.producer_id() < 0 {
@@ -118,6 +136,7 @@ impl ProducerStates {
             }
         }
         let entry = self.producers.entry(h.producer_id()).or_default();
+        entry.resync = false;
         if h.producer_epoch() != entry.epoch {
             entry.epoch = h.producer_epoch();
             entry.batches.clear();

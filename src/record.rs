@@ -63,6 +63,16 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
+impl BatchHeader<'_> {
+    /// Base offset and batch length from the first 12 bytes of a batch.
+    pub fn parse_prefix(bytes: &[u8]) -> Result<(i64, i32), BatchError> {
+        if bytes.len() < LOG_OVERHEAD {
+            return Err(BatchError::Truncated(bytes.len()));
+        }
+        Ok((be_i64(bytes, BASE_OFFSET), be_i32(bytes, BATCH_LENGTH)))
+    }
+}
+
 impl<'a> BatchHeader<'a> {
     /// Views the header at the start of `bytes`, which must hold at least
     /// the whole header. Checks nothing else.
@@ -218,6 +228,27 @@ pub fn split_batches(mut records: &[u8], max_batch_bytes: usize) -> Result<Vec<u
         validate_produced(&BatchHeader::parse(records)?)?;
         sizes.push(size);
         records = &records[size..];
+    }
+    Ok(sizes)
+}
+
+/// Splits a leader's record set (for a follower to append as it is) into
+/// whole batches, each intact (length, magic, CRC32C).
+pub fn split_replicated(
+    mut records: &[u8],
+    max_batch_bytes: usize,
+) -> Result<Vec<usize>, BatchError> {
+    let mut sizes = Vec::new();
+    while !records.is_empty() {
+        let size = validate_batch(
+            records,
+            max_batch_bytes.max(crate::config::MIN_RECOVERED_BATCH_BYTES),
+        )?;
+        sizes.push(size);
+        records = &records[size..];
+    }
+    if sizes.is_empty() {
+        return Err(BatchError::Invalid("empty record set"));
     }
     Ok(sizes)
 }

@@ -1,10 +1,13 @@
 //! Broker start-up and shutdown: one pinned glommio executor per shard, the
-//! shard mesh between them, and the phases every shard passes together
-//! (recovered → serving → drained → closed).
+//! shard mesh between them, the cluster service on shard 0, and the phases
+//! every shard passes together (recovered → in the cluster → serving →
+//! drained → closed).
 //!
-//! Shutdown (SIGTERM/SIGINT): stop accepting, let in-flight requests finish,
-//! write and fdatasync every partition, write indexes, exit 0 — or exit
-//! non-zero, naming them, when some partition could not be closed cleanly.
+//! Shutdown (SIGTERM/SIGINT): a controlled shutdown first (the controller
+//! moves this broker's leaderships away while it still serves), then stop
+//! accepting, let in-flight requests finish, write and fdatasync every
+//! partition, write indexes, exit 0 — or exit non-zero, naming them, when
+//! some partition could not be closed cleanly.
 //!
 //! The data directory's lock (`.lock`) is held from start to exit, so no
 //! second broker or `ringtail repair` works on the same directory.
@@ -18,7 +21,7 @@ use anyhow::{Context, Result};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::cluster::TopicTable;
+use crate::cluster::service::ClusterService;
 use crate::config::Config;
 use crate::shard::{Job, Shard, MESH_CHANNEL_CAPACITY};
 
@@ -27,13 +30,23 @@ pub const IO_MEMORY_BYTES: usize = 8 * 1024 * 1024;
 /// Longest wait for in-flight requests at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const PHASE_POLL: Duration = Duration::from_millis(20);
+/// Longest a starting broker waits to be in the cluster before it listens
+/// anyway (the other voters may not be up yet).
+pub const STARTUP_CLUSTER_WAIT: Duration = Duration::from_secs(30);
 /// Pending connections per shard's listener (glommio's default too).
 const LISTEN_BACKLOG: i32 = 1024;
 
 /// Progress counters shared by all shards (atomics only; no locks).
 #[derive(Default)]
 struct Phases {
+    /// A stop signal arrived.
     shutdown: AtomicBool,
+    /// Shard 0 finished the controlled shutdown: every shard stops serving.
+    stop: AtomicBool,
+    /// Shard 0 saw this broker registered and unfenced (or gave up waiting).
+    in_cluster: AtomicBool,
+    /// A shard failed for good (the metadata log); the exit is an error.
+    failed: AtomicBool,
     recovered: AtomicUsize,
     /// Shards listening so far; they start listening in executor order so
     /// that the kernel's reuseport group index is the executor's index.
@@ -67,6 +80,7 @@ async fn listen_in_turn(
     if result.is_err() {
         // The other shards must not wait for this one: stop them all.
         phases.shutdown.store(true, Ordering::SeqCst);
+        phases.stop.store(true, Ordering::SeqCst);
         phases.listening.fetch_add(1, Ordering::SeqCst);
     }
     result
@@ -168,26 +182,13 @@ pub fn raise_memlock() {
     }
 }
 
-fn write_meta_properties(config: &Config) -> Result<()> {
-    let path = config.data_dir.join("meta.properties");
-    if !path.exists() {
-        let text = format!(
-            "version=1\nnode.id={}\ncluster.id={}\n",
-            config.node_id, config.cluster_id
-        );
-        crate::cluster::write_atomically(&path, text.as_bytes())?;
-    }
-    Ok(())
-}
-
 pub fn run(config: Config) -> Result<()> {
     raise_memlock();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let _lock = crate::log::lock::DataDirLock::acquire(&config.data_dir)?;
-    write_meta_properties(&config)?;
-    let mut table = TopicTable::load(&config.data_dir).context("loading topic table")?;
-    ensure_offsets_topic(&mut table, &config)?;
+    crate::cluster::bootstrap::check_meta_properties(&config)?;
+    let cluster = crate::cluster::bootstrap::cluster_config(&config)?;
     let count = config.shard_count();
     let phases = Arc::new(Phases::default());
     install_signal_handler(phases.clone())?;
@@ -197,13 +198,17 @@ pub fn run(config: Config) -> Result<()> {
         .unwrap_or(1);
     let mut handles = Vec::with_capacity(count);
     for i in 0..count {
-        let (config, table, mesh, phases) =
-            (config.clone(), table.clone(), mesh.clone(), phases.clone());
+        let (config, cluster, mesh, phases) = (
+            config.clone(),
+            cluster.clone(),
+            mesh.clone(),
+            phases.clone(),
+        );
         let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
             .name(&format!("shard-{i}"))
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || async move {
-                shard_main(config, table, mesh, phases, (i, count, cpus)).await
+                shard_main(config, cluster, mesh, phases, (i, count, cpus)).await
             })
             .map_err(|e| anyhow::anyhow!("starting shard {i}: {e}"))?;
         handles.push(handle);
@@ -224,30 +229,6 @@ pub fn run(config: Config) -> Result<()> {
     }
 }
 
-/// `__consumer_offsets` exists from the first start, so every shard can
-/// rebuild its groups from it before serving.
-fn ensure_offsets_topic(table: &mut TopicTable, config: &Config) -> Result<()> {
-    use crate::cluster::{TopicMeta, CONSUMER_OFFSETS_TOPIC};
-    if table.get(CONSUMER_OFFSETS_TOPIC).is_some() {
-        return Ok(());
-    }
-    let configs = [("cleanup.policy".to_string(), "compact".to_string())]
-        .into_iter()
-        .collect();
-    table.topics.insert(
-        CONSUMER_OFFSETS_TOPIC.to_string(),
-        TopicMeta {
-            name: CONSUMER_OFFSETS_TOPIC.to_string(),
-            id: uuid::Uuid::new_v4(),
-            partitions: config.offsets_topic_partitions,
-            configs,
-            internal: true,
-        },
-    );
-    table.save(&config.data_dir).context("saving topic table")?;
-    Ok(())
-}
-
 fn install_signal_handler(phases: Arc<Phases>) -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -266,7 +247,7 @@ fn install_signal_handler(phases: Arc<Phases>) -> Result<()> {
 
 async fn shard_main(
     config: Config,
-    table: TopicTable,
+    cluster: crate::cluster::service::ClusterConfig,
     mesh: MeshBuilder<Job, glommio::channels::channel_mesh::Full>,
     phases: Arc<Phases>,
     (slot, count, cpus): (usize, usize, usize),
@@ -276,32 +257,40 @@ async fn shard_main(
         .await
         .map_err(|_| anyhow::anyhow!("joining the shard mesh"))?;
     let id = senders.peer_id();
-    let shard = Shard::new(id, count, Rc::new(config), TopicTable::default(), senders);
+    let shard = Shard::new(id, count, Rc::new(config), cluster.incarnation_id, senders);
     shard.start_mesh_receivers(receivers);
     crate::log::probe_device(&shard.config.data_dir).await?;
-    if let Err(e) = shard.apply_table(table).await {
-        // Those partitions stay offline (KAFKA_STORAGE_ERROR); the rest serves.
-        tracing::error!(shard = id, error = %e, "some partitions could not be opened");
-    }
-    crate::protocol::groups::load_groups(&shard)
-        .await
-        .map_err(|e| anyhow::anyhow!("loading consumer groups: {e}"))?;
     crate::protocol::groups::start_group_timer(&shard);
     shard.start_flusher();
     shard.start_disk_watcher();
+    shard.start_replica_ticker();
     all_reach(&phases.recovered, count).await;
+    if id == 0 {
+        let service = start_cluster(&shard, cluster).await;
+        match service {
+            Ok(service) => {
+                shard.set_cluster(service.clone());
+                wait_in_cluster(&shard, &service, &phases).await;
+            }
+            Err(e) => {
+                phases.failed.store(true, Ordering::SeqCst);
+                phases.shutdown.store(true, Ordering::SeqCst);
+                phases.stop.store(true, Ordering::SeqCst);
+                phases.in_cluster.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+    }
+    while !phases.in_cluster.load(Ordering::SeqCst) {
+        glommio::timer::sleep(PHASE_POLL).await;
+    }
     let listener = listen_in_turn(&shard.config.listen, &phases, slot, count, cpus).await?;
     if id == 0 {
-        tracing::info!(listen = %shard.config.listen, shards = count, data_dir = %shard.config.data_dir.display(), batch_cache_bytes_per_shard = shard.config.batch_cache_bytes_per_shard(count), "ringtail serving");
+        tracing::info!(listen = %shard.config.listen, node = shard.node_id, shards = count, data_dir = %shard.config.data_dir.display(), batch_cache_bytes_per_shard = shard.config.batch_cache_bytes_per_shard(count), "ringtail serving");
     }
     let watcher = {
         let (shard, phases) = (shard.clone(), phases.clone());
-        glommio::spawn_local(async move {
-            while !phases.shutdown.load(Ordering::SeqCst) {
-                glommio::timer::sleep(PHASE_POLL).await;
-            }
-            shard.shutting_down.set(true);
-        })
+        glommio::spawn_local(async move { watch_shutdown(&shard, &phases).await })
     };
     crate::net::accept_loop(shard.clone(), listener).await;
     watcher.await;
@@ -312,6 +301,11 @@ async fn shard_main(
     all_reach(&phases.drained, count).await;
     let unclean = shard.close_partitions().await;
     all_reach(&phases.closed, count).await;
+    if id == 0 && phases.failed.load(Ordering::SeqCst) {
+        if let Some(e) = shard.cluster().fatal_error() {
+            return Err(anyhow::anyhow!(e));
+        }
+    }
     if unclean.is_empty() {
         Ok(())
     } else {
@@ -320,6 +314,95 @@ async fn shard_main(
             unclean.join(", ")
         ))
     }
+}
+
+/// Shard 0: starts this node's cluster service; each new image goes to
+/// every shard, in order.
+async fn start_cluster(
+    shard: &Rc<Shard>,
+    cluster: crate::cluster::service::ClusterConfig,
+) -> Result<Rc<ClusterService>> {
+    let publisher = shard.clone();
+    let publish: crate::cluster::service::Publish = Rc::new(move |image, changes| {
+        let shard = publisher.clone();
+        Box::pin(async move {
+            let pushes = (0..shard.count).map(|s| {
+                let (image, changes) = (image.clone(), changes.clone());
+                shard.invoke_on(s, move |target: Rc<Shard>| async move {
+                    if let Err(e) = target.apply_image(image, changes).await {
+                        tracing::error!(shard = target.id, error = %e, "some partitions could not be opened");
+                    }
+                })
+            });
+            futures::future::join_all(pushes).await;
+        })
+    });
+    ClusterService::start(cluster, publish).await
+}
+
+/// Shard 0: waits until this broker is registered and unfenced and its
+/// shards have its roles, then lets every shard listen (or gives up after
+/// `STARTUP_CLUSTER_WAIT` and listens anyway: clients retry).
+async fn wait_in_cluster(shard: &Rc<Shard>, service: &Rc<ClusterService>, phases: &Phases) {
+    let start = Instant::now();
+    let mut announced = false;
+    loop {
+        let image = shard.image();
+        let me = image
+            .broker(shard.node_id)
+            .is_some_and(|b| b.registration.incarnation_id == shard.incarnation_id && !b.fenced);
+        if me {
+            if let Some(id) = &image.cluster_id {
+                if let Err(e) = crate::cluster::bootstrap::write_meta_properties(
+                    &shard.config.data_dir,
+                    shard.node_id,
+                    id,
+                ) {
+                    tracing::error!(error = %e, "writing meta.properties");
+                }
+            }
+            break;
+        }
+        if service.fatal_error().is_some() || phases.shutdown.load(Ordering::SeqCst) {
+            break;
+        }
+        if !announced && start.elapsed() > Duration::from_secs(2) {
+            tracing::info!("waiting for the controller quorum and this broker's registration");
+            announced = true;
+        }
+        if start.elapsed() > STARTUP_CLUSTER_WAIT {
+            tracing::warn!("not in the cluster yet; serving anyway");
+            break;
+        }
+        glommio::timer::sleep(PHASE_POLL).await;
+    }
+    phases.in_cluster.store(true, Ordering::SeqCst);
+}
+
+/// Waits for a stop: shard 0 runs the controlled shutdown first and then
+/// lets every shard stop; a failed metadata log stops the node too.
+async fn watch_shutdown(shard: &Rc<Shard>, phases: &Phases) {
+    loop {
+        if shard.id == 0 {
+            let fatal = shard.cluster().fatal_error().is_some();
+            if fatal {
+                phases.failed.store(true, Ordering::SeqCst);
+                phases.stop.store(true, Ordering::SeqCst);
+            } else if phases.shutdown.load(Ordering::SeqCst) {
+                let timeout = Duration::from_millis(shard.config.controlled_shutdown_timeout_ms);
+                let moved = shard.cluster().controlled_shutdown(timeout).await;
+                if !moved {
+                    tracing::warn!("controlled shutdown timed out; stopping anyway");
+                }
+                phases.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        if phases.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        glommio::timer::sleep(PHASE_POLL).await;
+    }
+    shard.shutting_down.set(true);
 }
 
 #[cfg(test)]

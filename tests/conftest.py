@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BINARY = ROOT / "target" / "release" / "ringtail"
+# RINGTAIL_BIN: a copy of the binary, so a rebuild does not change it mid-run.
+BINARY = Path(os.environ.get("RINGTAIL_BIN", ROOT / "target" / "release" / "ringtail"))
 START_TIMEOUT_S = 20
 
 
@@ -33,11 +34,17 @@ class Broker:
         self.log_path = Path(log_dir or self.data_dir.parent) / f"broker-{self.port}.log"
 
     def start(self):
+        self.spawn()
+        return self.wait_ready()
+
+    def spawn(self):
         args = [str(BINARY), "serve", "--listen", self.bootstrap, "--data-dir", str(self.data_dir),
                 "--cores", str(self.cores)] + self.extra_args
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
-        deadline = time.time() + START_TIMEOUT_S
+
+    def wait_ready(self, timeout=START_TIMEOUT_S):
+        deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log_tail()}")
@@ -99,6 +106,151 @@ def broker_factory(tmp_path):
         if b.alive():
             print(f"--- broker {b.bootstrap} log tail ---\n{b.log_tail()}")
         b.cleanup()
+
+
+class Cluster:
+    """`size` `ringtail serve` processes on loopback, every one a controller
+    voter and a broker (node ids 1..size)."""
+
+    def __init__(self, tmp_path, size=3, cores=1, config=None):
+        self.controller_ports = [free_port() for _ in range(size)]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{p}" for i, p in enumerate(self.controller_ports))
+        self.nodes = {}
+        for i in range(size):
+            node_id = i + 1
+            args = ["--node-id", str(node_id), "--controller-listen",
+                    f"127.0.0.1:{self.controller_ports[i]}", "--controller-voters", voters]
+            if config is not None:
+                path = tmp_path / f"node-{node_id}.toml"
+                path.write_text(config)
+                args += ["--config", str(path)]
+            self.nodes[node_id] = Broker(tmp_path / f"node-{node_id}", args, cores)
+
+    @property
+    def bootstrap(self):
+        return ",".join(b.bootstrap for b in self.nodes.values())
+
+    def live_bootstrap(self):
+        return ",".join(b.bootstrap for b in self.nodes.values() if b.alive())
+
+    def start(self, timeout=60):
+        for b in self.nodes.values():
+            b.spawn()
+        for b in self.nodes.values():
+            b.wait_ready(timeout)
+        self.wait_for(lambda md: len(md.brokers) == len(self.nodes), "all brokers registered")
+        return self
+
+    def admin(self):
+        from confluent_kafka.admin import AdminClient
+        return AdminClient({"bootstrap.servers": self.live_bootstrap()})
+
+    def metadata(self, topic=None, via=None):
+        """Metadata as one live broker answers it (librdkafka's view)."""
+        from confluent_kafka.admin import AdminClient
+        nodes = [via] if via is not None else [n for n, b in self.nodes.items() if b.alive()]
+        last = None
+        for n in nodes:
+            try:
+                admin = AdminClient({"bootstrap.servers": self.nodes[n].bootstrap})
+                return admin.list_topics(topic=topic, timeout=5)
+            except Exception as e:  # noqa: BLE001 - try the next broker
+                last = e
+        raise last
+
+    def wait_for(self, predicate, what, timeout=30, topic=None):
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            try:
+                md = self.metadata(topic)
+                if predicate(md):
+                    return md
+                last = md
+            except Exception as e:  # noqa: BLE001 - brokers may be moving
+                last = e
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; last: {describe(last)}")
+
+    def create_topic(self, name, partitions=1, replication_factor=3, config=None):
+        from confluent_kafka.admin import NewTopic
+        admin = self.admin()
+        f = admin.create_topics([NewTopic(name, num_partitions=partitions,
+                                          replication_factor=replication_factor,
+                                          config=config or {})], operation_timeout=15)
+        f[name].result(timeout=20)
+        self.wait_for(lambda md: full_isr(md, name, partitions, replication_factor),
+                      f"{name} to have leaders and full ISRs", topic=name)
+
+    def leaders(self, topic, md=None):
+        md = md or self.metadata(topic)
+        return {p: pm.leader for p, pm in md.topics[topic].partitions.items()}
+
+    def cleanup(self):
+        for b in self.nodes.values():
+            if b.alive():
+                print(f"--- node {b.bootstrap} log tail ---\n{b.log_tail()}")
+            b.cleanup()
+
+
+def quorum_leader(port):
+    """The metadata quorum's leader (the active controller) per DescribeQuorum
+    v0 sent to the broker on `port` (forwarded to the active controller);
+    -1 when none answers."""
+    name = b"__cluster_metadata"
+    body = (b"\x02" + bytes([len(name) + 1]) + name + b"\x02" + struct.pack(">i", 0)
+            + b"\x00\x00\x00")
+    header = struct.pack(">hhih", 55, 0, 9, 3) + b"raw" + b"\x00"
+    payload = header + body
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(struct.pack(">i", len(payload)) + payload)
+            r = read_frame(s, timeout=15)
+    except OSError:
+        return -1
+    # correlation id, header tags, error code, topics, name, partitions,
+    # partition index, partition error code, leader id.
+    error = struct.unpack(">h", r[5:7])[0]
+    if error != 0:
+        return -1
+    at = 7 + 1 + 1 + len(name) + 1 + 4
+    if struct.unpack(">h", r[at:at + 2])[0] != 0:
+        return -1
+    return struct.unpack(">i", r[at + 2:at + 6])[0]
+
+
+def full_isr(md, topic, partitions, replication_factor):
+    t = md.topics.get(topic)
+    if t is None or t.error is not None or len(t.partitions) != partitions:
+        return False
+    return all(p.leader >= 0 and len(p.isrs) == replication_factor
+               for p in t.partitions.values())
+
+
+def describe(md):
+    if not hasattr(md, "topics"):
+        return repr(md)
+    parts = []
+    for name, t in sorted(md.topics.items()):
+        if name.startswith("__"):
+            continue
+        for i, p in sorted(t.partitions.items()):
+            parts.append(f"{name}-{i}: leader {p.leader} replicas {p.replicas} isr {p.isrs}")
+    return f"brokers {sorted(md.brokers)} controller {md.controller_id}; " + "; ".join(parts)
+
+
+@pytest.fixture
+def cluster_factory(tmp_path):
+    clusters = []
+
+    def make(size=3, cores=1, config=None):
+        c = Cluster(tmp_path, size, cores, config)
+        clusters.append(c)
+        return c.start()
+
+    yield make
+    for c in clusters:
+        c.cleanup()
 
 
 @pytest.fixture
@@ -182,7 +334,7 @@ def partition_errors(port, topic, partitions, produce_to=None):
     ep = kafka_request(port, OffsetForLeaderEpochRequest[2](topics=[
         OffsetForLeaderEpochRequest.OffsetForLeaderTopic(topic=topic, partitions=[
             OffsetForLeaderEpochRequest.OffsetForLeaderTopic.OffsetForLeaderPartition(
-                partition=p, current_leader_epoch=0, leader_epoch=0) for p in parts])]),
+                partition=p, current_leader_epoch=-1, leader_epoch=0) for p in parts])]),
         OffsetForLeaderEpochResponse, 2)
     fe = kafka_request(port, FetchRequest[4](
         replica_id=-1, max_wait_ms=100, min_bytes=1, max_bytes=1 << 20, isolation_level=0,

@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub mod active;
+pub mod bootstrap;
 pub mod controller;
 pub mod image;
 pub mod placement;
@@ -112,7 +113,8 @@ pub fn valid_topic_name(name: &str) -> bool {
 
 /// Topic configs a DescribeConfigs shows, with Kafka's defaults; values from
 /// CreateTopics override them.
-pub fn default_topic_configs(segment_bytes: u64) -> Vec<(&'static str, String)> {
+pub fn default_topic_configs(config: &crate::config::Config) -> Vec<(&'static str, String)> {
+    let segment_bytes = config.segment_bytes;
     vec![
         ("cleanup.policy", "delete".into()),
         ("compression.type", "producer".into()),
@@ -121,7 +123,10 @@ pub fn default_topic_configs(segment_bytes: u64) -> Vec<(&'static str, String)> 
             crate::config::DEFAULT_MAX_MESSAGE_BYTES.to_string(),
         ),
         ("message.timestamp.type", "CreateTime".into()),
-        ("min.insync.replicas", "1".into()),
+        (
+            "min.insync.replicas",
+            config.min_insync_replicas.to_string(),
+        ),
         ("retention.bytes", "-1".into()),
         ("retention.ms", "604800000".into()),
         ("segment.bytes", segment_bytes.to_string()),

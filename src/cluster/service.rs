@@ -28,6 +28,7 @@ use super::image::{ImageChanges, MetadataImage};
 use super::quorum::driver::{Applier, QuorumDriver};
 use super::quorum::node::{Applied, QuorumConfig, QuorumNode};
 use super::quorum::storage::{DiskLog, LogStore};
+use super::quorum::{QuorumStatus, VoterStatus};
 use super::records::{BrokerRegistration, MetadataRecord, NodeId};
 use super::transport::{self, Inbound, LinkLimits, Links, ReplyResult};
 
@@ -56,6 +57,9 @@ pub struct ClusterConfig {
     pub request_timeout: Duration,
     pub queue_limit: usize,
     pub bootstrap: Vec<MetadataRecord>,
+    /// This process's registration id (the shards take roles only while the
+    /// image's registration is this one).
+    pub incarnation_id: Uuid,
 }
 
 /// This broker's standing with the controller.
@@ -124,7 +128,7 @@ impl ClusterService {
             heartbeat_bell,
             producer_ids: Cell::new((0, 0)),
             fatal: RefCell::new(None),
-            incarnation_id: Uuid::new_v4(),
+            incarnation_id: config.incarnation_id,
             config,
         });
         service.start_network().await?;
@@ -189,7 +193,7 @@ impl ClusterService {
         let deadline = Instant::now() + self.config.request_timeout;
         loop {
             let result = match self.driver.leader() {
-                _ if self.driver.is_active_controller() => self.active.submit(req.clone()).await,
+                _ if self.driver.is_active_controller() => self.local(req.clone()).await,
                 Some(leader) if leader != self.node_id => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let links = self.links.borrow();
@@ -204,11 +208,33 @@ impl ClusterService {
                 result,
                 Err(ControllerError::NotController) | Err(ControllerError::Timeout)
             );
-            if !retry || Instant::now() >= deadline {
+            if !retry {
                 return result;
+            }
+            if Instant::now() >= deadline {
+                // No active controller reachable in time: clients retry a
+                // timeout; NOT_CONTROLLER would send them looking for one
+                // in Metadata, where brokers forward for them anyway.
+                return Err(ControllerError::Timeout);
             }
             glommio::timer::sleep(self.config.raft_tick).await;
         }
+    }
+
+    /// Answers on the active controller's node: the quorum as the Raft
+    /// leader sees it, or the metadata decision.
+    async fn local(&self, req: ControllerRequest) -> ReplyResult {
+        if req == ControllerRequest::DescribeQuorum {
+            return self.describe_quorum();
+        }
+        self.active.submit(req).await
+    }
+
+    fn describe_quorum(&self) -> ReplyResult {
+        if !self.driver.is_active_controller() {
+            return Err(ControllerError::NotController);
+        }
+        Ok(ControllerReply::Quorum(self.quorum_status()))
     }
 
     /// A producer id from this broker's block; a new block from the
@@ -260,15 +286,47 @@ impl ClusterService {
 
     /// Voters with their replication progress as the leader knows it.
     pub fn quorum_status(&self) -> QuorumStatus {
-        self.driver.with_node(|n| QuorumStatus {
-            leader: n.leader(),
-            term: n.term(),
-            high_watermark: n.committed_index(),
-            voters: if n.is_leader() {
+        let endpoint = |id: NodeId| {
+            self.config
+                .voters
+                .iter()
+                .find(|(v, _)| *v == id)
+                .map(|(_, a)| (a.ip().to_string(), a.port()))
+        };
+        self.driver.with_node(|n| {
+            let committed = n.committed_index();
+            let voters = if n.is_leader() {
                 n.voter_progress()
+                    .into_iter()
+                    .map(|(id, matched, active)| VoterStatus {
+                        node_id: id,
+                        log_end_offset: matched as i64,
+                        caught_up: matched >= committed,
+                        recently_heard: active || id == n.node_id,
+                        endpoint: endpoint(id),
+                    })
+                    .collect()
             } else {
-                n.voters().into_iter().map(|v| (v, 0)).collect()
-            },
+                n.voters()
+                    .into_iter()
+                    .map(|id| {
+                        let me = id == n.node_id;
+                        VoterStatus {
+                            node_id: id,
+                            log_end_offset: if me { n.last_index() as i64 } else { -1 },
+                            caught_up: me && n.last_index() >= committed,
+                            recently_heard: me,
+                            endpoint: endpoint(id),
+                        }
+                    })
+                    .collect()
+            };
+            QuorumStatus {
+                leader: n.leader(),
+                term: n.term(),
+                high_watermark: committed,
+                voters,
+            }
         })
     }
 
@@ -363,14 +421,6 @@ impl ClusterService {
 }
 
 /// What DescribeQuorum reports.
-#[derive(Debug, Clone)]
-pub struct QuorumStatus {
-    pub leader: Option<NodeId>,
-    pub term: u64,
-    pub high_watermark: u64,
-    pub voters: Vec<(NodeId, u64)>,
-}
-
 impl Applier for ClusterService {
     fn send(&self, messages: Vec<Message>) {
         let links = self.links.borrow();
@@ -408,6 +458,9 @@ impl Inbound for ClusterService {
     }
 
     fn request(&self, req: ControllerRequest) -> LocalFuture<ReplyResult> {
+        if req == ControllerRequest::DescribeQuorum {
+            return Box::pin(std::future::ready(self.describe_quorum()));
+        }
         let active = self.active.clone();
         Box::pin(async move { active.submit(req).await })
     }

@@ -165,7 +165,7 @@ async fn run_link(
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(peer, %addr, error = %e, "controller link: connect failed");
-                fail_queued(&rx, &inbound, peer).await;
+                fail_queued(&rx, &inbound, peer, &pending).await;
                 glommio::timer::sleep(limits.reconnect_backoff).await;
                 continue;
             }
@@ -176,10 +176,28 @@ async fn run_link(
             let (stream, pending) = (stream.clone(), pending.clone());
             glommio::spawn_local(read_replies(stream, limits.max_frame_bytes, pending))
         };
-        let result = write_queued(&stream, &rx, &inbound, peer).await;
-        reader.cancel().await;
-        if let Err(e) = result {
-            tracing::debug!(peer, error = %e, "controller link broke");
+        let sent = RefCell::new(Vec::new());
+        // The link ends when a write fails or the peer closes (a killed
+        // peer is noticed by the reader even while nothing is written).
+        let writer = write_queued(&stream, &rx, &inbound, peer, &sent, &pending);
+        futures::pin_mut!(writer);
+        match futures::future::select(writer, reader).await {
+            futures::future::Either::Left((result, reader)) => {
+                reader.cancel().await;
+                if let Err(e) = result {
+                    tracing::debug!(peer, error = %e, "controller link broke");
+                }
+            }
+            futures::future::Either::Right(_) => {
+                tracing::debug!(peer, "controller link closed by the peer");
+            }
+        }
+        // Requests written on the broken connection get no reply: their
+        // callers retry at once instead of waiting out their timeouts.
+        for id in sent.take() {
+            if let Some(tx) = pending.borrow_mut().remove(&id) {
+                let _ = tx.send(Err(ControllerError::NotController));
+            }
         }
         inbound.unreachable(peer, false);
         glommio::timer::sleep(limits.reconnect_backoff).await;
@@ -188,12 +206,24 @@ async fn run_link(
 
 /// While a peer cannot be reached: Raft messages are dropped (reported),
 /// requests fail at once.
-async fn fail_queued(rx: &LocalReceiver<Outgoing>, inbound: &Rc<dyn Inbound>, peer: NodeId) {
+async fn fail_queued(
+    rx: &LocalReceiver<Outgoing>,
+    inbound: &Rc<dyn Inbound>,
+    peer: NodeId,
+    pending: &RefCell<HashMap<u64, oneshot::Sender<ReplyResult>>>,
+) {
     inbound.unreachable(peer, false);
     while let Some(Some(m)) = futures_lite::future::poll_once(rx.recv()).await {
-        if let Outgoing::Raft(msg) = m {
-            if msg.get_msg_type() == MessageType::MsgSnapshot {
-                inbound.unreachable(peer, true);
+        match m {
+            Outgoing::Raft(msg) => {
+                if msg.get_msg_type() == MessageType::MsgSnapshot {
+                    inbound.unreachable(peer, true);
+                }
+            }
+            Outgoing::Request(id, _) => {
+                if let Some(tx) = pending.borrow_mut().remove(&id) {
+                    let _ = tx.send(Err(ControllerError::NotController));
+                }
             }
         }
     }
@@ -204,6 +234,8 @@ async fn write_queued(
     rx: &LocalReceiver<Outgoing>,
     inbound: &Rc<dyn Inbound>,
     peer: NodeId,
+    sent: &RefCell<Vec<u64>>,
+    pending: &RefCell<HashMap<u64, oneshot::Sender<ReplyResult>>>,
 ) -> std::io::Result<()> {
     while let Some(m) = rx.recv().await {
         let (frame, snapshot) = match m {
@@ -214,6 +246,9 @@ async fn write_queued(
             }
             Outgoing::Request(id, req) => {
                 let body = serde_json::to_vec(&req).map_err(std::io::Error::other)?;
+                let mut sent = sent.borrow_mut();
+                sent.retain(|i| pending.borrow().contains_key(i));
+                sent.push(id);
                 (encode(KIND_REQUEST, Some(id), &body), false)
             }
         };

@@ -401,6 +401,9 @@ pub enum SyncOutcome {
 pub struct GroupCoordinator {
     pub config: GroupConfig,
     pub groups: RefCell<HashMap<String, Group>>,
+    /// `__consumer_offsets` partitions whose groups are loaded here (this
+    /// shard leads them).
+    pub loaded: RefCell<std::collections::HashSet<i32>>,
 }
 
 impl GroupCoordinator {
@@ -408,6 +411,7 @@ impl GroupCoordinator {
         GroupCoordinator {
             config,
             groups: RefCell::new(HashMap::new()),
+            loaded: RefCell::new(std::collections::HashSet::new()),
         }
     }
 

@@ -85,6 +85,12 @@ impl SegmentIndex {
         }
     }
 
+    /// Drops entries at or past byte `position` (the segment was cut there).
+    pub fn truncate(&mut self, position: u32, relative_offset: u32) {
+        self.offsets.retain(|e| e.position < position);
+        self.times.retain(|e| e.relative_offset < relative_offset);
+    }
+
     pub fn encode_offsets(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.offsets.len() * 8);
         for e in &self.offsets {

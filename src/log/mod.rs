@@ -226,6 +226,45 @@ impl Log {
         seg.track_batch(position, batch.len() as u64, base, last, ts, interval);
     }
 
+    /// First step of cutting the log so `offset` is its end: deletes the
+    /// later segments and says how to cut the one holding `offset`, or
+    /// `None` when the whole log lies past `offset` (then a new segment at
+    /// `offset` replaces it: `replace_all`). `offset` must be a batch
+    /// boundary and everything buffered written out. The log always keeps
+    /// an active segment, and no borrow is needed across the cut's I/O.
+    pub fn cut_from(&mut self, offset: i64) -> Result<Option<CutPlan>, LogError> {
+        if self.segments[0].base_offset > offset {
+            return Ok(None);
+        }
+        while self.segments.len() > 1 && self.active().base_offset >= offset {
+            let seg = self.segments.pop().expect("checked");
+            remove_segment_files(&seg.path)?;
+        }
+        let seg = self.active();
+        let relative = (offset - seg.base_offset) as u32;
+        Ok(Some(CutPlan {
+            file: seg.file.clone(),
+            path: seg.path.clone(),
+            scan_from: seg.index.lookup(relative) as u64,
+            written: seg.written,
+        }))
+    }
+
+    /// Replaces every segment with `seg` (a cut below the log's start).
+    pub fn replace_all(&mut self, seg: Segment) -> Result<(), LogError> {
+        for old in std::mem::take(&mut self.segments) {
+            remove_segment_files(&old.path)?;
+        }
+        self.log_start_offset = seg.base_offset;
+        self.segments.push(seg);
+        Ok(())
+    }
+
+    /// Last step of a cut: the active segment now ends at `position`.
+    pub fn cut_done(&mut self, offset: i64, cut: Cut) {
+        self.active_mut().cut(cut.position, offset, cut.tail);
+    }
+
     /// Plans a read of the batch holding `offset`.
     pub fn locate(&self, offset: i64) -> Option<ReadPlan> {
         let i = self.segments.partition_point(|s| s.base_offset <= offset);
@@ -262,6 +301,73 @@ impl Log {
             .map(|s| (s.max_timestamp, s.offset_of_max_timestamp))
             .unwrap_or((-1, -1))
     }
+}
+
+/// Where a cut of the active segment happens.
+pub struct CutPlan {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    scan_from: u64,
+    written: u64,
+}
+
+/// A cut made: the segment's new size and its partial last page.
+pub struct Cut {
+    position: u64,
+    tail: Vec<u8>,
+}
+
+impl CutPlan {
+    /// Finds where the batch at `offset` starts, truncates the file there
+    /// and reads back the partial last page.
+    pub async fn run(&self, offset: i64) -> Result<Cut, LogError> {
+        let mut position = self.scan_from;
+        while position < self.written {
+            let chunk = self
+                .file
+                .read_at(position, LOG_OVERHEAD)
+                .await
+                .map_err(|e| LogError::io("read", &self.path, e))?;
+            let Ok((base, length)) = BatchHeader::parse_prefix(&chunk) else {
+                break;
+            };
+            if base >= offset || length <= 0 {
+                break;
+            }
+            position += LOG_OVERHEAD as u64 + length as u64;
+        }
+        let position = position.min(self.written);
+        self.file
+            .truncate(position)
+            .await
+            .map_err(|e| LogError::io("truncate", &self.path, e))?;
+        let tail_start = align_down(position);
+        let tail = if position > tail_start {
+            let page = self
+                .file
+                .read_at(tail_start, (position - tail_start) as usize)
+                .await
+                .map_err(|e| LogError::io("read", &self.path, e))?;
+            page.to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(Cut { position, tail })
+    }
+}
+
+/// Deletes a segment's log and index files.
+fn remove_segment_files(path: &Path) -> Result<(), LogError> {
+    let stem = path.with_extension("");
+    for ext in ["log", "index", "timeindex"] {
+        let file = stem.with_extension(ext);
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LogError::io("remove", &file, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Scans one segment from its start. A torn or corrupt tail is truncated in

@@ -247,6 +247,28 @@ impl Segment {
         grown
     }
 
+    /// The file was cut at byte `position`, where the batch at
+    /// `next_offset` started; `tail` is the partial last page, rewritten by
+    /// the next write.
+    pub fn cut(&mut self, position: u64, next_offset: i64, tail: Vec<u8>) {
+        debug_assert!(self.buf.is_none(), "written out before a cut");
+        let relative = (next_offset - self.base_offset).max(0) as u32;
+        self.index.truncate(position as u32, relative);
+        self.bytes_since_index = 0;
+        if self.offset_of_max_timestamp >= next_offset {
+            let last = self.index.times.last();
+            self.max_timestamp = last.map_or(-1, |t| t.timestamp);
+            self.offset_of_max_timestamp =
+                last.map_or(-1, |t| self.base_offset + t.relative_offset as i64);
+        }
+        self.next_offset = next_offset;
+        self.size = position;
+        self.written = position;
+        self.buf_pos = align_down(position);
+        self.tail = tail;
+        self.allocated = align_up(position);
+    }
+
     /// What sealing needs, detached from the segment so no borrow of the
     /// log is held across the I/O.
     pub fn seal_job(&self) -> SealJob {

@@ -1,13 +1,18 @@
-//! One partition: its log, high watermark, leader epoch, idempotent producer
-//! state, tail cache and the waiters of long-polling fetches.
+//! One partition: its log, replication state (role, leader epoch, high
+//! watermark, ISR), leader epoch cache, idempotent producer state, tail
+//! cache and the waiters of produces and long-polling fetches.
 //!
 //! Runs only on its owner shard (one partition, one shard); other shards reach
 //! it through the shard mesh. Appends are serialized by `append_lock` (FIFO),
 //! so pipelined produce requests land in arrival order; disk I/O is serialized
 //! by `io_lock`. Neither is held across threads: both are shard-local.
 //! The write path (device writes, fdatasync, rolls, what a full or failing
-//! device does to the partition) is in `write.rs`.
+//! device does to the partition) is in `write.rs`; the replication side
+//! (roles, follower fetches, replicated appends, truncation) in
+//! `replicated.rs`, over the pure state of `replica.rs` and `epochs.rs`.
 
+mod cache;
+mod replicated;
 mod write;
 
 pub mod epochs;
@@ -16,7 +21,7 @@ pub mod replica;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -24,11 +29,18 @@ use futures::channel::oneshot;
 use glommio::sync::Semaphore;
 use thiserror::Error;
 
+use cache::BatchCache;
+pub use cache::{CacheBudget, CACHE_ENTRY_OVERHEAD_BYTES};
+use epochs::LeaderEpochCache;
+use replica::{AckState, ReplicaState};
+pub use replicated::{Assignment, FollowerRead};
+
+use crate::cluster::records::NodeId;
 use crate::log::segment::PendingWrite;
 use crate::log::space::SpaceGuard;
 use crate::log::{read_batches, Log, LogConfig, LogError};
 use crate::producer_state::{ProducerStates, SequenceCheck};
-use crate::record::{self, BatchError, BatchHeader, RecordSet, RecordSetBuilder};
+use crate::record::{self, BatchError, BatchHeader, RecordSet};
 
 #[derive(Debug, Error)]
 pub enum PartitionError {
@@ -48,87 +60,31 @@ pub enum PartitionError {
     OffsetOutOfRange(i64),
     #[error("partition is being deleted")]
     Deleted,
+    #[error("this broker does not lead the partition")]
+    NotLeaderOrFollower,
+    #[error("the ISR is smaller than min.insync.replicas")]
+    NotEnoughReplicas,
+    #[error("written, but the ISR shrank below min.insync.replicas")]
+    NotEnoughReplicasAfterAppend,
+    #[error("not replicated within the request's timeout")]
+    Timeout,
+    #[error("leader epoch {0} is older than the partition's")]
+    FencedLeaderEpoch(i32),
+    #[error("leader epoch {0} is newer than the partition's")]
+    UnknownLeaderEpoch(i32),
+    #[error("replicated batches start at {got}, the log ends at {want}")]
+    OffsetMismatch { got: i64, want: i64 },
 }
 
-/// Bytes counted per cached batch besides the batch itself: its handle and
-/// allocation header and its two queue entries, so that a cache of tiny
-/// batches stays within its limit too.
-pub const CACHE_ENTRY_OVERHEAD_BYTES: usize = 128;
-
-/// A cached batch in the shard's eviction order: its partition's cache,
-/// base offset and size.
-type CachedEntry = (Weak<RefCell<BatchCache>>, i64, usize);
-
-/// Bytes of recent batches cached by all partitions of one shard, evicted
-/// oldest first across the shard's partitions, so a partition written long
-/// ago does not keep its batches while a busy one loses its newest.
-pub struct CacheBudget {
-    used: Cell<usize>,
-    limit: usize,
-    /// Every cached batch in insertion order: its partition's cache, base
-    /// offset and size. A batch cleared or dropped with its partition stays
-    /// counted until its entry comes up here.
-    order: RefCell<VecDeque<CachedEntry>>,
-}
-
-impl CacheBudget {
-    pub fn new(limit: usize) -> Rc<CacheBudget> {
-        Rc::new(CacheBudget {
-            used: Cell::new(0),
-            limit,
-            order: RefCell::new(VecDeque::new()),
-        })
-    }
-
-    /// Accounts for a batch just cached, then evicts the shard's oldest
-    /// batches while over the limit.
-    fn admit(&self, cache: &Rc<RefCell<BatchCache>>, base: i64, batch_len: usize) {
-        let len = batch_len + CACHE_ENTRY_OVERHEAD_BYTES;
-        self.used.set(self.used.get() + len);
-        let mut order = self.order.borrow_mut();
-        order.push_back((Rc::downgrade(cache), base, len));
-        while self.used.get() > self.limit {
-            let Some((victim, base, len)) = order.pop_front() else {
-                break;
-            };
-            if let Some(victim) = victim.upgrade() {
-                let mut victim = victim.borrow_mut();
-                if victim.batches.front().is_some_and(|(b, _, _)| *b == base) {
-                    victim.batches.pop_front();
-                }
-            }
-            self.used.set(self.used.get() - len);
-        }
-    }
-}
-
-#[derive(Default)]
-struct BatchCache {
-    batches: VecDeque<(i64, i64, Bytes)>,
-}
-
-impl BatchCache {
-    fn clear(&mut self) {
-        self.batches.clear();
-    }
-
-    /// Whole batches from the one holding `offset`, below `end`, about `max`
-    /// bytes, by reference.
-    fn read(&self, offset: i64, end: i64, max: usize) -> Option<RecordSet> {
-        let (front_base, _, _) = self.batches.front()?;
-        if *front_base > offset {
-            return None;
-        }
-        let start = self.batches.partition_point(|(_, last, _)| *last < offset);
-        let mut out = RecordSetBuilder::default();
-        for (base, _, b) in self.batches.iter().skip(start) {
-            if *base >= end || (!out.is_empty() && out.len() + b.len() > max) {
-                break;
-            }
-            out.push(b.clone());
-        }
-        Some(out.finish())
-    }
+/// What a produce waits for before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// acks=0: never answered.
+    None,
+    /// acks=1: the leader's own write, durable under its flush policy.
+    Leader,
+    /// acks=all: the high watermark, with the ISR at min.insync.replicas.
+    All,
 }
 
 /// Result of a successful produce to one partition.
@@ -148,17 +104,26 @@ pub struct FetchedData {
 
 pub struct Partition {
     pub topic: String,
+    pub topic_id: uuid::Uuid,
     pub index: i32,
-    pub leader_epoch: i32,
     pub dir: PathBuf,
     log: RefCell<Log>,
     append_lock: Semaphore,
     io_lock: Semaphore,
-    high_watermark: Cell<i64>,
     synced: Cell<bool>,
+    replica: RefCell<ReplicaState>,
+    epochs: RefCell<LeaderEpochCache>,
+    min_insync_replicas: Cell<usize>,
     producers: RefCell<ProducerStates>,
-    durable_waiters: RefCell<VecDeque<(i64, oneshot::Sender<bool>)>>,
+    /// Waiting for the local log to be durable up to an offset (acks=1,
+    /// a follower's next fetch).
+    local_waiters: RefCell<VecDeque<(i64, oneshot::Sender<bool>)>>,
+    /// Waiting for the high watermark (acks=all).
+    hw_waiters: RefCell<VecDeque<(i64, oneshot::Sender<Result<(), PartitionError>>)>>,
+    /// Consumers' long polls, woken when the high watermark moves.
     data_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Followers' long polls, woken when the log end moves.
+    append_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     poisoned: Cell<bool>,
     /// Pages whose write met a full file system, rewritten before any later
     /// pages (see `write.rs`). While set, produce is refused.
@@ -170,8 +135,8 @@ pub struct Partition {
     space: Rc<SpaceGuard>,
     dirty: Cell<bool>,
     max_batch_bytes: usize,
-    /// Flush policy group commit: the high watermark (and acks) move only
-    /// after an fdatasync; otherwise after the write.
+    /// Flush policy group commit: data counts as durable (for acks and the
+    /// high watermark) only after an fdatasync; otherwise after the write.
     group_commit: bool,
 }
 
@@ -180,38 +145,51 @@ pub const MAX_PRODUCERS: usize = crate::config::DEFAULT_MAX_PRODUCERS_PER_PARTIT
 
 impl Partition {
     /// Opens or creates the partition in `<data-dir>/<topic>-<index>`,
-    /// recovering its log and rebuilding producer state.
+    /// recovering its log and rebuilding producer state and the leader
+    /// epoch cache from its batches. It serves nothing until it is given a
+    /// role (`assign`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         data_dir: &std::path::Path,
         topic: &str,
+        topic_id: uuid::Uuid,
         index: i32,
         config: LogConfig,
         budget: Rc<CacheBudget>,
         space: Rc<SpaceGuard>,
         group_commit: bool,
+        node_id: NodeId,
+        lag_time_max_ms: u64,
     ) -> Result<Rc<Partition>, PartitionError> {
         let dir = data_dir.join(format!("{topic}-{index}"));
-        let fresh = !dir.exists();
         let mut producers = ProducerStates::new(MAX_PRODUCERS);
+        let mut epochs = LeaderEpochCache::default();
         let max_batch_bytes = config.max_batch_bytes;
-        let log = Log::open(dir.clone(), config, |h| producers.record(h)).await?;
-        if fresh {
-            write_leader_epoch_checkpoint(&dir).map_err(|e| LogError::io("write", &dir, e))?;
-        }
+        let log = Log::open(dir.clone(), config, |h| {
+            producers.record(h);
+            epochs.assign(h.partition_leader_epoch(), h.base_offset());
+        })
+        .await?;
+        replicated::write_epoch_checkpoint(&dir, &epochs)
+            .map_err(|e| LogError::io("write", &dir, e))?;
         let leo = log.log_end_offset();
         Ok(Rc::new(Partition {
             topic: topic.to_string(),
+            topic_id,
             index,
-            leader_epoch: 0,
             dir,
             log: RefCell::new(log),
             append_lock: Semaphore::new(1),
             io_lock: Semaphore::new(1),
-            high_watermark: Cell::new(leo),
             synced: Cell::new(true),
+            replica: RefCell::new(ReplicaState::new(node_id, leo, 0, lag_time_max_ms)),
+            epochs: RefCell::new(epochs),
+            min_insync_replicas: Cell::new(1),
             producers: RefCell::new(producers),
-            durable_waiters: RefCell::new(VecDeque::new()),
+            local_waiters: RefCell::new(VecDeque::new()),
+            hw_waiters: RefCell::new(VecDeque::new()),
             data_waiters: RefCell::new(Vec::new()),
+            append_waiters: RefCell::new(Vec::new()),
             poisoned: Cell::new(false),
             stalled: RefCell::new(None),
             deleted: Cell::new(false),
@@ -225,7 +203,7 @@ impl Partition {
     }
 
     pub fn high_watermark(&self) -> i64 {
-        self.high_watermark.get()
+        self.replica.borrow().high_watermark()
     }
     pub fn log_end_offset(&self) -> i64 {
         self.log.borrow().log_end_offset()
@@ -243,25 +221,91 @@ impl Partition {
     pub fn is_stalled(&self) -> bool {
         self.stalled.borrow().is_some()
     }
+    pub fn is_leader(&self) -> bool {
+        self.replica.borrow().is_leader()
+    }
+    pub fn leader_epoch(&self) -> i32 {
+        self.replica.borrow().leader_epoch
+    }
+    pub fn partition_epoch(&self) -> i32 {
+        self.replica.borrow().partition_epoch
+    }
 
-    /// Validates, de-duplicates and appends the batches of one produce, then
-    /// (unless `acks == 0`) waits until the flusher made them durable.
-    /// `mark_dirty` tells the shard's flusher this partition has new data.
-    /// Refused (NoSpace) while the file system is below its free-space
-    /// threshold or a write of this partition waits for room.
+    /// Checks a request's view of the leader epoch against ours (-1: none).
+    pub fn check_leader_epoch(&self, requested: i32) -> Result<(), PartitionError> {
+        let ours = self.leader_epoch();
+        match requested {
+            r if r < 0 || r == ours => Ok(()),
+            r if r < ours => Err(PartitionError::FencedLeaderEpoch(r)),
+            r => Err(PartitionError::UnknownLeaderEpoch(r)),
+        }
+    }
+
+    /// Validates, de-duplicates and appends the batches of one produce as
+    /// leader, then waits for what `acks` asks, at most `timeout` (the
+    /// batches stay appended either way). `mark_dirty` tells the shard's
+    /// flusher this partition has new data. Refused (NoSpace) while the file
+    /// system is below its free-space threshold or a write of this partition
+    /// waits for room.
     pub async fn produce(
         self: &Rc<Self>,
         records: Bytes,
-        wait: bool,
+        acks: Acks,
+        timeout: Duration,
         mark_dirty: impl FnOnce(Rc<Partition>),
     ) -> Result<Appended, PartitionError> {
         if self.poisoned.get() {
             return Err(PartitionError::Poisoned);
         }
+        if !self.is_leader() {
+            return Err(PartitionError::NotLeaderOrFollower);
+        }
         if self.space.is_full() || self.is_stalled() {
             return Err(PartitionError::NoSpace);
         }
+        let min_isr = self.min_insync_replicas.get();
+        if acks == Acks::All && !self.replica.borrow().enough_replicas(min_isr) {
+            return Err(PartitionError::NotEnoughReplicas);
+        }
         let sizes = record::split_batches(&records, self.max_batch_bytes)?;
+        let (first_base, end) = self.append_produced(&records, sizes).await?;
+        if !self.dirty.replace(true) {
+            mark_dirty(self.clone());
+        }
+        let waited = match acks {
+            Acks::None => Ok(()),
+            Acks::Leader => match self.wait_local(end) {
+                Some(rx) => match with_timeout(rx, timeout).await {
+                    Some(Ok(true)) => Ok(()),
+                    Some(_) => Err(PartitionError::Poisoned),
+                    None => Err(PartitionError::Timeout),
+                },
+                None => Ok(()),
+            },
+            Acks::All => {
+                let rx = self.wait_high_watermark(end, min_isr);
+                match with_timeout(rx, timeout).await {
+                    Some(Ok(r)) => r,
+                    Some(Err(_)) => Err(PartitionError::NotLeaderOrFollower),
+                    None => Err(PartitionError::Timeout),
+                }
+            }
+        };
+        waited.map(|()| Appended {
+            base_offset: first_base,
+            log_start_offset: self.log_start_offset(),
+        })
+    }
+
+    /// Appends a produce's batches (sizes already validated) under the
+    /// append lock; duplicates of an idempotent producer's batches are not
+    /// appended again. Returns the first batch's base offset and the offset
+    /// the produce must be durable or replicated to.
+    async fn append_produced(
+        self: &Rc<Self>,
+        records: &Bytes,
+        sizes: Vec<usize>,
+    ) -> Result<(i64, i64), PartitionError> {
         let _permit = self
             .append_lock
             .acquire_permit(1)
@@ -270,13 +314,14 @@ impl Partition {
         if self.deleted.get() {
             return Err(PartitionError::Deleted);
         }
+        if !self.is_leader() {
+            return Err(PartitionError::NotLeaderOrFollower);
+        }
         let mut batch_bytes = BytesMut::from(&records[..]);
         let mut first_base = None;
-        let mut last_offset = None;
-        let mut at = 0;
+        let mut end = None;
         for size in sizes {
             let batch = batch_bytes.split_to(size);
-            at += size;
             let header = BatchHeader::parse(&batch)?;
             if header.producer_id() >= 0 {
                 match self.producers.borrow().check(&header) {
@@ -291,60 +336,53 @@ impl Partition {
                     }
                 }
             }
-            let (base, last) = self.append_one(batch).await?;
+            let epoch = self.leader_epoch();
+            let (base, last) = self.append_batch(batch, Some(epoch)).await?;
             first_base.get_or_insert(base);
-            last_offset = Some(last);
+            end = Some(last + 1);
         }
-        debug_assert_eq!(at, records.len());
-        drop(_permit);
-        let base_offset = first_base.expect("at least one batch");
-        if let Some(last) = last_offset {
-            let waiter = wait.then(|| self.register_durable(last + 1));
-            if !self.dirty.replace(true) {
-                mark_dirty(self.clone());
-            }
-            if let Some(rx) = waiter {
-                let ok = rx.await.unwrap_or(false);
-                if !ok {
-                    return Err(PartitionError::Poisoned);
-                }
-            }
-        } else if wait {
-            // Every batch was a duplicate: answer once the originals are durable.
-            let hw_target = self.log_end_offset();
-            if self.high_watermark.get() < hw_target {
-                let rx = self.register_durable(hw_target);
-                if !self.dirty.replace(true) {
-                    mark_dirty(self.clone());
-                }
-                if !rx.await.unwrap_or(false) {
-                    return Err(PartitionError::Poisoned);
-                }
-            }
-        }
-        Ok(Appended {
-            base_offset,
-            log_start_offset: self.log_start_offset(),
-        })
+        let first_base = first_base.expect("at least one batch");
+        // Every batch a duplicate: answer once the originals are.
+        Ok((first_base, end.unwrap_or_else(|| self.log_end_offset())))
     }
 
-    fn register_durable(&self, end_offset: i64) -> oneshot::Receiver<bool> {
+    /// Waits for the local log to be durable up to `end`; `None` if it is.
+    fn wait_local(&self, end: i64) -> Option<oneshot::Receiver<bool>> {
+        if self.replica.borrow().durable_end_offset() >= end {
+            return None;
+        }
         let (tx, rx) = oneshot::channel();
-        if self.high_watermark.get() >= end_offset {
-            let _ = tx.send(true);
-        } else {
-            self.durable_waiters
-                .borrow_mut()
-                .push_back((end_offset, tx));
+        self.local_waiters.borrow_mut().push_back((end, tx));
+        Some(rx)
+    }
+
+    /// Waits for the high watermark to reach `end`, then answers as acks=all
+    /// does (NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR shrank meanwhile).
+    fn wait_high_watermark(
+        &self,
+        end: i64,
+        min_isr: usize,
+    ) -> oneshot::Receiver<Result<(), PartitionError>> {
+        let (tx, rx) = oneshot::channel();
+        match self.replica.borrow().ack_state(end, min_isr) {
+            AckState::Wait => self.hw_waiters.borrow_mut().push_back((end, tx)),
+            AckState::Done => {
+                let _ = tx.send(Ok(()));
+            }
+            AckState::NotEnoughReplicasAfterAppend => {
+                let _ = tx.send(Err(PartitionError::NotEnoughReplicasAfterAppend));
+            }
         }
         rx
     }
 
-    /// Assigns offsets to one batch and copies it into the log, making room
-    /// first (slow cases: roll, full write buffer).
-    async fn append_one(
+    /// Copies one batch into the log, making room first (slow cases: roll,
+    /// full write buffer). With `leader_epoch` the batch gets its offsets
+    /// here (a leader's append); without, it keeps them (a follower's).
+    async fn append_batch(
         self: &Rc<Self>,
         mut batch: BytesMut,
+        leader_epoch: Option<i32>,
     ) -> Result<(i64, i64), PartitionError> {
         loop {
             let (roll, room) = {
@@ -363,25 +401,52 @@ impl Partition {
             }
         }
         let mut log = self.log.borrow_mut();
-        let base = log.log_end_offset();
-        record::assign_offsets(&mut batch, base, self.leader_epoch);
+        if let Some(epoch) = leader_epoch {
+            record::assign_offsets(&mut batch, log.log_end_offset(), epoch);
+        }
         let header = BatchHeader::parse(&batch)?;
-        let last = header.last_offset();
+        let (base, last) = (header.base_offset(), header.last_offset());
         self.producers.borrow_mut().record(&header);
+        let new_epoch = self
+            .epochs
+            .borrow_mut()
+            .assign(header.partition_leader_epoch(), base);
         log.append(&batch);
         drop(log);
+        if new_epoch {
+            self.save_epochs();
+        }
         let len = batch.len();
         self.cache
             .borrow_mut()
             .batches
             .push_back((base, last, batch.freeze()));
         self.budget.admit(&self.cache, base, len);
+        self.replica.borrow_mut().on_append(last + 1);
+        for tx in self.append_waiters.borrow_mut().drain(..) {
+            let _ = tx.send(());
+        }
         Ok((base, last))
     }
 
-    /// Reads batches from `offset` for a fetch, bounded by the high watermark.
+    /// Reads batches from `offset` for a consumer of the leader, bounded by
+    /// the high watermark.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<FetchedData, PartitionError> {
-        let hw = self.high_watermark.get();
+        if !self.is_leader() {
+            return Err(PartitionError::NotLeaderOrFollower);
+        }
+        self.read_below(offset, max_bytes, self.high_watermark())
+            .await
+    }
+
+    /// Reads whole batches from `offset`, stopping before `end`.
+    pub async fn read_below(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        end: i64,
+    ) -> Result<FetchedData, PartitionError> {
+        let hw = self.high_watermark();
         let start = self.log_start_offset();
         let leo = self.log_end_offset();
         let data = |records| FetchedData {
@@ -392,10 +457,10 @@ impl Partition {
         if offset < start || offset > leo {
             return Err(PartitionError::OffsetOutOfRange(offset));
         }
-        if offset >= hw {
+        if offset >= end {
             return Ok(data(RecordSet::default()));
         }
-        if let Some(b) = self.cache.borrow().read(offset, hw, max_bytes) {
+        if let Some(b) = self.cache.borrow().read(offset, end, max_bytes) {
             return Ok(data(b));
         }
         let mut cursor = offset;
@@ -403,9 +468,9 @@ impl Partition {
             let Some(plan) = self.log.borrow().locate(cursor) else {
                 return Ok(data(RecordSet::default()));
             };
-            let bytes = read_batches(&plan, cursor, hw, max_bytes).await?;
+            let bytes = read_batches(&plan, cursor, end, max_bytes).await?;
             match (bytes.is_empty(), plan.next_segment) {
-                (true, Some(next)) if next < hw => cursor = next.max(cursor),
+                (true, Some(next)) if next < end => cursor = next.max(cursor),
                 _ => return Ok(data(bytes)),
             }
         }
@@ -413,7 +478,7 @@ impl Partition {
 
     /// Resolves when the high watermark passes `offset`, or after `timeout`.
     pub async fn wait_for_data(&self, offset: i64, timeout: Duration) {
-        if self.high_watermark.get() > offset || self.deleted.get() {
+        if self.high_watermark() > offset || self.deleted.get() {
             return;
         }
         let (tx, rx) = oneshot::channel();
@@ -428,7 +493,7 @@ impl Partition {
         &self,
         timestamp: i64,
     ) -> Result<Option<(i64, i64)>, PartitionError> {
-        let hw = self.high_watermark.get();
+        let hw = self.high_watermark();
         let Some((mut cursor, _)) = self.log.borrow().locate_time(timestamp) else {
             return Ok(None);
         };
@@ -500,6 +565,9 @@ impl Partition {
         for tx in self.data_waiters.borrow_mut().drain(..) {
             let _ = tx.send(());
         }
+        for tx in self.append_waiters.borrow_mut().drain(..) {
+            let _ = tx.send(());
+        }
         self.cache.borrow_mut().clear();
     }
 
@@ -508,53 +576,23 @@ impl Partition {
     }
 }
 
-/// Kafka's `leader-epoch-checkpoint`: version 0, one entry, epoch 0 from offset 0.
-fn write_leader_epoch_checkpoint(dir: &std::path::Path) -> std::io::Result<()> {
-    crate::cluster::write_atomically(&dir.join("leader-epoch-checkpoint"), b"0\n1\n0 0\n")
+/// Waits for `rx` at most `timeout`; `None` when the time ran out.
+async fn with_timeout<T>(
+    rx: oneshot::Receiver<T>,
+    timeout: Duration,
+) -> Option<Result<T, oneshot::Canceled>> {
+    let timer = glommio::timer::sleep(timeout);
+    futures::pin_mut!(timer);
+    match futures::future::select(rx, timer).await {
+        futures::future::Either::Left((r, _)) => Some(r),
+        futures::future::Either::Right(_) => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn bases(c: &Rc<RefCell<BatchCache>>) -> Vec<i64> {
-        c.borrow().batches.iter().map(|(b, _, _)| *b).collect()
-    }
-
-    #[test]
-    fn cache_evicts_the_shards_oldest_batches_first() {
-        let budget = CacheBudget::new(3 * (100 + CACHE_ENTRY_OVERHEAD_BYTES));
-        let a = Rc::new(RefCell::new(BatchCache::default()));
-        let b = Rc::new(RefCell::new(BatchCache::default()));
-        let put = |c: &Rc<RefCell<BatchCache>>, base: i64| {
-            c.borrow_mut()
-                .batches
-                .push_back((base, base, Bytes::from(vec![0u8; 100])));
-            budget.admit(c, base, 100);
-        };
-        for base in 0..3 {
-            put(&a, base);
-        }
-        put(&b, 0);
-        assert_eq!((bases(&a), bases(&b)), (vec![1, 2], vec![0]));
-        put(&b, 1);
-        assert_eq!((bases(&a), bases(&b)), (vec![2], vec![0, 1]));
-        a.borrow_mut().clear();
-        put(&b, 2);
-        assert_eq!(bases(&b), vec![0, 1, 2], "the cleared batch made the room");
-        put(&b, 3);
-        assert_eq!(bases(&b), vec![1, 2, 3], "b's oldest went first");
-        assert_eq!(budget.used.get(), 3 * (100 + CACHE_ENTRY_OVERHEAD_BYTES));
-        drop(b);
-        put(&a, 10);
-        put(&a, 11);
-        assert_eq!(
-            bases(&a),
-            vec![10, 11],
-            "a dropped cache's bytes count until evicted"
-        );
-        assert_eq!(budget.used.get(), 3 * (100 + CACHE_ENTRY_OVERHEAD_BYTES));
-    }
     use crate::record::tests::make_batch;
     use kafka_protocol::records::Compression;
 
@@ -587,19 +625,36 @@ mod tests {
             let p = Partition::open(
                 dir.path(),
                 "t",
+                uuid::Uuid::nil(),
                 0,
                 config(),
                 CacheBudget::new(0),
                 space,
                 true,
+                1,
+                30_000,
             )
             .await
             .unwrap();
+            p.assign(
+                &Assignment {
+                    role: replica::Role::Leader,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                    replicas: vec![1],
+                    isr: vec![1],
+                    ineligible: Default::default(),
+                    min_insync_replicas: 1,
+                },
+                0,
+            );
             let flushes = Rc::new(RefCell::new(Vec::new()));
             for i in 0..5 {
                 let f = flushes.clone();
                 let batch = make_batch(3, Compression::None, 0).freeze();
-                let produce = p.produce(batch, true, move |p| f.borrow_mut().push(p));
+                let produce = p.produce(batch, Acks::All, Duration::from_secs(5), move |p| {
+                    f.borrow_mut().push(p)
+                });
                 let flusher = async {
                     glommio::timer::sleep(Duration::from_millis(1)).await;
                     let dirty: Vec<_> = flushes.borrow_mut().drain(..).collect();

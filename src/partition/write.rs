@@ -21,6 +21,7 @@
 
 use std::rc::Rc;
 
+use super::replica::AckState;
 use super::{Partition, PartitionError};
 use crate::log::segment::{align_up, PendingWrite, Segment};
 use crate::log::space::is_no_space;
@@ -43,7 +44,7 @@ impl Partition {
         match self.write_and_sync(sync).await {
             Ok(()) => {
                 if sync || !self.group_commit {
-                    self.advance_high_watermark(end_offset);
+                    self.on_durable(end_offset);
                 }
                 Ok(())
             }
@@ -154,15 +155,39 @@ impl Partition {
             .unwrap_or_else(|| self.dir.clone())
     }
 
-    pub(super) fn advance_high_watermark(&self, end_offset: i64) {
-        if end_offset <= self.high_watermark.get() {
-            return;
-        }
-        self.high_watermark.set(end_offset);
-        let mut waiters = self.durable_waiters.borrow_mut();
+    /// The log is durable up to `end_offset`: local waiters (acks=1, a
+    /// follower's next fetch) are answered, and as leader the high
+    /// watermark may move.
+    pub(super) fn on_durable(&self, end_offset: i64) {
+        let effects = self
+            .replica
+            .borrow_mut()
+            .on_durable(end_offset, crate::shard::now_ms());
+        let mut waiters = self.local_waiters.borrow_mut();
         while waiters.front().is_some_and(|(o, _)| *o <= end_offset) {
             let (_, tx) = waiters.pop_front().expect("checked");
             let _ = tx.send(true);
+        }
+        drop(waiters);
+        if let Some(hw) = effects.high_watermark {
+            self.high_watermark_moved(hw);
+        }
+    }
+
+    /// Answers the acks=all produces the high watermark now covers and wakes
+    /// consumers' long polls.
+    pub(super) fn high_watermark_moved(&self, hw: i64) {
+        let min_isr = self.min_insync_replicas.get();
+        let mut waiters = self.hw_waiters.borrow_mut();
+        while waiters.front().is_some_and(|(o, _)| *o <= hw) {
+            let (end, tx) = waiters.pop_front().expect("checked");
+            let outcome = match self.replica.borrow().ack_state(end, min_isr) {
+                AckState::NotEnoughReplicasAfterAppend => {
+                    Err(PartitionError::NotEnoughReplicasAfterAppend)
+                }
+                _ => Ok(()),
+            };
+            let _ = tx.send(outcome);
         }
         drop(waiters);
         for tx in self.data_waiters.borrow_mut().drain(..) {
@@ -172,8 +197,11 @@ impl Partition {
 
     pub(super) fn poison(&self) {
         self.poisoned.set(true);
-        for (_, tx) in self.durable_waiters.borrow_mut().drain(..) {
+        for (_, tx) in self.local_waiters.borrow_mut().drain(..) {
             let _ = tx.send(false);
+        }
+        for (_, tx) in self.hw_waiters.borrow_mut().drain(..) {
+            let _ = tx.send(Err(PartitionError::Poisoned));
         }
     }
 

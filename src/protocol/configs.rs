@@ -31,11 +31,11 @@ fn topic_configs(
     shard: &Shard,
     name: &str,
 ) -> Result<Vec<DescribeConfigsResourceResult>, ResponseError> {
-    let table = shard.topics();
-    let meta = table
-        .get(name)
+    let image = shard.image();
+    let meta = image
+        .topic(name)
         .ok_or(ResponseError::UnknownTopicOrPartition)?;
-    let mut out: Vec<_> = default_topic_configs(shard.config.segment_bytes)
+    let mut out: Vec<_> = default_topic_configs(&shard.config)
         .into_iter()
         .map(|(k, v)| match meta.configs.get(k) {
             Some(set) => entry(k, set, SOURCE_DYNAMIC_TOPIC),

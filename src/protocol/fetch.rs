@@ -1,7 +1,13 @@
 //! Fetch (key 1), v4-16: whole batches from each partition's owner shard,
 //! with long polling: a fetch short of min_bytes waits until a partition's
-//! high watermark moves or max_wait elapses. No fetch sessions: every fetch
-//! is a full fetch (session id 0), which all clients accept.
+//! high watermark moves (a consumer) or its log end moves (a follower), or
+//! max_wait elapses. No fetch sessions: every fetch is a full fetch
+//! (session id 0), which all clients accept.
+//!
+//! Consumers read from leaders only, below the high watermark. A follower's
+//! fetch (replica id >= 0) reads up to the log end, tells the leader where
+//! the follower is (high watermark, ISR), and answers a divergent follower
+//! with the epoch where it must truncate (v12+).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -12,57 +18,87 @@ use kafka_protocol::ResponseError;
 
 use super::{partition_error_code, FrameBuilder};
 use crate::config::MAX_FETCH_WAIT_MS;
+use crate::partition::epochs::EpochEnd;
 use crate::partition::FetchedData;
 use crate::record::RecordSet;
 use crate::shard::Shard;
 
 /// One partition of the fetch, resolved to a topic name.
+#[derive(Clone)]
 struct Wanted {
     topic_slot: usize,
     topic: String,
     index: i32,
     offset: i64,
     max_bytes: usize,
+    current_leader_epoch: i32,
+    last_fetched_epoch: i32,
+    /// The fetching replica, or -1 for a consumer.
+    replica: i32,
     error: Option<ResponseError>,
 }
 
-type ReadResult = Result<FetchedData, ResponseError>;
+/// A partition's answer: records and offsets, and for a follower whose log
+/// diverges, where it must truncate.
+struct Read {
+    data: FetchedData,
+    diverging: Option<EpochEnd>,
+}
 
-async fn read_on_owner(
-    shard: Rc<Shard>,
-    topic: String,
-    index: i32,
-    offset: i64,
-    max_bytes: usize,
-) -> ReadResult {
-    let partition = shard.serving_partition(&topic, index)?;
-    partition.read(offset, max_bytes).await.map_err(|e| {
-        tracing::warn!(topic, index, offset, error = %e, "fetch read failed");
-        partition_error_code(&e)
+type ReadResult = Result<Read, ResponseError>;
+
+async fn read_on_owner(shard: Rc<Shard>, w: Wanted, max_bytes: usize) -> ReadResult {
+    let partition = shard.serving_partition(&w.topic, w.index)?;
+    let code = |e: crate::partition::PartitionError| partition_error_code(&e);
+    partition
+        .check_leader_epoch(w.current_leader_epoch)
+        .map_err(code)?;
+    if w.replica >= 0 {
+        let now = crate::shard::now_ms();
+        let read = partition
+            .serve_follower(w.replica, w.offset, w.last_fetched_epoch, max_bytes, now)
+            .await
+            .map_err(code)?;
+        shard.handle_effects(&partition, read.effects);
+        return Ok(Read {
+            data: read.data,
+            diverging: read.diverging,
+        });
+    }
+    let data = partition.read(w.offset, max_bytes).await.map_err(|e| {
+        tracing::debug!(topic = %w.topic, index = w.index, offset = w.offset, error = %e, "fetch read refused");
+        code(e)
+    })?;
+    Ok(Read {
+        data,
+        diverging: None,
     })
 }
 
-async fn wait_on_owner(
-    shard: Rc<Shard>,
-    topic: String,
-    index: i32,
-    offset: i64,
-    timeout: Duration,
-) {
-    if let Some(p) = shard.partition(&topic, index) {
-        p.wait_for_data(offset, timeout).await;
+async fn wait_on_owner(shard: Rc<Shard>, w: Wanted, threshold: i64, timeout: Duration) {
+    if let Some(p) = shard.partition(&w.topic, w.index) {
+        if w.replica >= 0 {
+            p.wait_for_append(threshold, timeout).await;
+        } else {
+            p.wait_for_data(threshold, timeout).await;
+        }
     }
 }
 
 pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchReply {
-    let table = shard.topics();
+    let table = shard.image();
+    let replica = if version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
     let mut topics = Vec::new();
     let mut wanted = Vec::new();
     for t in &req.topics {
         let meta = if version >= 13 {
-            table.by_id(&t.topic_id)
+            table.topic_by_id(&t.topic_id)
         } else {
-            table.get(t.topic.0.as_str())
+            table.topic(t.topic.0.as_str())
         };
         let unknown = if version >= 13 {
             ResponseError::UnknownTopicId
@@ -75,10 +111,9 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
         for p in &t.partitions {
             let error = match meta {
                 None => Some(unknown),
-                Some(m) if p.partition < 0 || p.partition >= m.partitions => {
+                Some(m) if p.partition < 0 || p.partition >= m.partition_count() => {
                     Some(ResponseError::UnknownTopicOrPartition)
                 }
-                Some(_) if p.current_leader_epoch > 0 => Some(ResponseError::UnknownLeaderEpoch),
                 Some(_) => None,
             };
             wanted.push(Wanted {
@@ -87,6 +122,13 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
                 index: p.partition,
                 offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes.max(0) as usize,
+                current_leader_epoch: p.current_leader_epoch,
+                last_fetched_epoch: if version >= 12 {
+                    p.last_fetched_epoch
+                } else {
+                    -1
+                },
+                replica,
                 error,
             });
         }
@@ -108,9 +150,11 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
     loop {
         let total: usize = results
             .iter()
-            .map(|r| r.as_ref().map_or(0, |d| d.records.len()))
+            .map(|r| r.as_ref().map_or(0, |d| d.data.records.len()))
             .sum();
-        let any_error = results.iter().any(|r| r.is_err());
+        let any_error = results
+            .iter()
+            .any(|r| r.as_ref().map_or(true, |d| d.diverging.is_some()));
         let now = Instant::now();
         if total >= min_bytes.max(1)
             || any_error
@@ -123,9 +167,9 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
         let thresholds: Vec<i64> = wanted
             .iter()
             .zip(&results)
-            .map(|(w, r)| {
-                r.as_ref()
-                    .map_or(w.offset, |d| d.high_watermark.max(w.offset))
+            .map(|(w, r)| match r {
+                Ok(d) if w.replica < 0 => d.data.high_watermark.max(w.offset),
+                _ => w.offset,
             })
             .collect();
         wait_any(shard, &wanted, &thresholds, deadline - now).await;
@@ -143,22 +187,14 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
 /// limit (the first non-empty partition is always kept whole).
 async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: usize) -> Vec<ReadResult> {
     let futures = wanted.iter().map(|w| {
-        let (topic, index, offset, limit, error) = (
-            w.topic.clone(),
-            w.index,
-            w.offset,
-            w.max_bytes.min(max_bytes),
-            w.error,
-        );
+        let (w, limit) = (w.clone(), w.max_bytes.min(max_bytes));
         let owner = shard.owner(&w.topic, w.index);
         async move {
-            if let Some(e) = error {
+            if let Some(e) = w.error {
                 return Err(e);
             }
             shard
-                .invoke_on(owner, move |s| {
-                    read_on_owner(s, topic, index, offset, limit)
-                })
+                .invoke_on(owner, move |s| read_on_owner(s, w, limit))
                 .await
                 .unwrap_or(Err(ResponseError::BrokerNotAvailable))
         }
@@ -166,10 +202,10 @@ async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: usize) -> Vec
     let mut results = futures::future::join_all(futures).await;
     let mut total = 0usize;
     for r in results.iter_mut().flatten() {
-        if total > 0 && total + r.records.len() > max_bytes {
-            r.records = RecordSet::default();
+        if total > 0 && total + r.data.records.len() > max_bytes {
+            r.data.records = RecordSet::default();
         }
-        total += r.records.len();
+        total += r.data.records.len();
     }
     results
 }
@@ -180,11 +216,9 @@ async fn wait_any(shard: &Rc<Shard>, wanted: &[Wanted], thresholds: &[i64], time
         .iter()
         .zip(thresholds)
         .map(|(w, threshold)| {
-            let (topic, index, offset) = (w.topic.clone(), w.index, *threshold);
+            let (w, threshold) = (w.clone(), *threshold);
             let owner = shard.owner(&w.topic, w.index);
-            Box::pin(shard.invoke_on(owner, move |s| {
-                wait_on_owner(s, topic, index, offset, timeout)
-            }))
+            Box::pin(shard.invoke_on(owner, move |s| wait_on_owner(s, w, threshold, timeout)))
         })
         .collect();
     let timer = Box::pin(glommio::timer::sleep(timeout));
@@ -210,24 +244,27 @@ struct PartitionReply {
     error_code: i16,
     high_watermark: i64,
     log_start_offset: i64,
+    diverging: Option<EpochEnd>,
     records: RecordSet,
 }
 
 impl PartitionReply {
     fn new(index: i32, result: ReadResult) -> PartitionReply {
         match result {
-            Ok(d) => PartitionReply {
+            Ok(r) => PartitionReply {
                 index,
                 error_code: 0,
-                high_watermark: d.high_watermark,
-                log_start_offset: d.log_start_offset,
-                records: d.records,
+                high_watermark: r.data.high_watermark,
+                log_start_offset: r.data.log_start_offset,
+                diverging: r.diverging,
+                records: r.data.records,
             },
             Err(e) => PartitionReply {
                 index,
                 error_code: e.code(),
                 high_watermark: -1,
                 log_start_offset: -1,
+                diverging: None,
                 records: RecordSet::default(),
             },
         }
@@ -248,6 +285,22 @@ fn put_len(buf: &mut BytesMut, flexible: bool, n: usize) {
         put_uvarint(buf, n as u32 + 1);
     } else {
         buf.put_i32(n as i32);
+    }
+}
+
+/// A partition's tagged fields: the diverging epoch (tag 0, an
+/// EpochEndOffset: epoch, end offset, no tags of its own) when there is one.
+fn put_partition_tags(buf: &mut BytesMut, diverging: Option<EpochEnd>) {
+    match diverging {
+        None => put_uvarint(buf, 0),
+        Some(d) => {
+            put_uvarint(buf, 1);
+            put_uvarint(buf, 0);
+            put_uvarint(buf, 4 + 8 + 1);
+            buf.put_i32(d.epoch);
+            buf.put_i64(d.end_offset);
+            put_uvarint(buf, 0);
+        }
     }
 }
 
@@ -290,7 +343,7 @@ impl FetchReply {
                 put_len(buf, flexible, p.records.len());
                 frame.records(&p.records);
                 if flexible {
-                    put_uvarint(frame.head(), 0); // partition tagged fields
+                    put_partition_tags(frame.head(), p.diverging);
                 }
             }
             if flexible {
@@ -308,7 +361,7 @@ mod tests {
     use super::*;
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::messages::fetch_response::{
-        FetchResponse, FetchableTopicResponse, PartitionData,
+        EpochEndOffset, FetchResponse, FetchableTopicResponse, PartitionData,
     };
     use kafka_protocol::messages::{ApiKey, BrokerId, ResponseHeader, TopicName};
     use kafka_protocol::protocol::Encodable;
@@ -332,7 +385,15 @@ mod tests {
             error_code: 0,
             high_watermark: hw,
             log_start_offset: 3,
+            diverging: None,
             records: records(sizes, index as u8 + 1),
+        };
+        let diverging = PartitionReply {
+            diverging: Some(EpochEnd {
+                epoch: 3,
+                end_offset: 17,
+            }),
+            ..ok(5, 20, &[])
         };
         FetchReply {
             topics: vec![
@@ -343,6 +404,7 @@ mod tests {
                         ok(0, 1_000_000, &[100_000, 20, 70_000, 5]),
                         PartitionReply::new(1, Err(ResponseError::OffsetOutOfRange)),
                         ok(2, 0, &[]),
+                        diverging,
                     ],
                 },
                 TopicReply {
@@ -381,6 +443,12 @@ mod tests {
                                     .with_aborted_transactions(Some(Vec::new()))
                                     .with_preferred_read_replica(BrokerId(-1))
                                     .with_records(Some(p.records.to_bytes()))
+                                    .with_diverging_epoch(match p.diverging {
+                                        Some(d) => EpochEndOffset::default()
+                                            .with_epoch(d.epoch)
+                                            .with_end_offset(d.end_offset),
+                                        None => EpochEndOffset::default(),
+                                    })
                             })
                             .collect(),
                     )

@@ -3,9 +3,12 @@
 //! v2-8, OffsetFetch (9) v1-8, ListGroups (16) v0-4, DescribeGroups (15)
 //! v0-5, DeleteGroups (42) v0-2, OffsetDelete (47) v0.
 //!
-//! Each group request runs on the shard owning the group's
-//! `__consumer_offsets` partition; requests naming several groups are split
-//! per group and their answers merged here.
+//! The coordinator of a group is the leader of the group's
+//! `__consumer_offsets` partition; each group request runs on the shard
+//! owning that partition on this broker, which answers NOT_COORDINATOR when
+//! it does not lead it and COORDINATOR_LOAD_IN_PROGRESS while it loads its
+//! groups. Requests naming several groups are split per group and their
+//! answers merged here.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -51,6 +54,25 @@ fn partition_of(shard: &Shard, group: &str) -> i32 {
     offsets_partition_for(group, shard.config.offsets_topic_partitions)
 }
 
+/// Longest a group change waits for its records to reach the ISR of the
+/// group's `__consumer_offsets` partition (Kafka's `offsets.commit.timeout.ms`).
+pub const OFFSETS_COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(5_000);
+
+/// Whether this shard coordinates the groups of `__consumer_offsets`
+/// partition `index`: it leads it and has loaded its groups.
+fn coordinates(shard: &Shard, index: i32) -> Result<(), ResponseError> {
+    match shard.partition(CONSUMER_OFFSETS_TOPIC, index) {
+        Some(p) if p.is_leader() => {
+            if shard.groups.loaded.borrow().contains(&index) {
+                Ok(())
+            } else {
+                Err(ResponseError::CoordinatorLoadInProgress)
+            }
+        }
+        _ => Err(ResponseError::NotCoordinator),
+    }
+}
+
 /// Runs `f` on the coordinator shard of `group`.
 async fn on_coordinator<T, F, Fut>(shard: &Rc<Shard>, group: &str, f: F) -> Result<T, ResponseError>
 where
@@ -58,11 +80,15 @@ where
     F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = T> + 'static,
 {
-    let owner = shard.owner(CONSUMER_OFFSETS_TOPIC, partition_of(shard, group));
+    let index = partition_of(shard, group);
+    let owner = shard.owner(CONSUMER_OFFSETS_TOPIC, index);
     shard
-        .invoke_on(owner, f)
+        .invoke_on(owner, move |s: Rc<Shard>| async move {
+            coordinates(&s, index)?;
+            Ok(f(s).await)
+        })
         .await
-        .map_err(|_| ResponseError::CoordinatorNotAvailable)
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?
 }
 
 /// Appends records to the group's `__consumer_offsets` partition and waits
@@ -108,56 +134,71 @@ async fn persist(
     .map_err(|_| ResponseError::UnknownServerError)?;
     let s = shard.clone();
     partition
-        .produce(batch.freeze(), true, move |p| s.mark_dirty(p))
+        .produce(
+            batch.freeze(),
+            crate::partition::Acks::All,
+            OFFSETS_COMMIT_TIMEOUT,
+            move |p| s.mark_dirty(p),
+        )
         .await
         .map(|_| ())
         .map_err(|e| {
-            tracing::error!(group, error = %e, "persisting group records");
-            ResponseError::CoordinatorNotAvailable
+            tracing::warn!(group, error = %e, "persisting group records");
+            // Kafka's mapping for the group coordinator's appends.
+            match e {
+                crate::partition::PartitionError::NotLeaderOrFollower
+                | crate::partition::PartitionError::Poisoned
+                | crate::partition::PartitionError::Log(_) => ResponseError::NotCoordinator,
+                _ => ResponseError::CoordinatorNotAvailable,
+            }
         })
 }
 
-/// Rebuilds this shard's groups from its `__consumer_offsets` partitions.
-pub async fn load_groups(shard: &Rc<Shard>) -> Result<(), String> {
+/// Rebuilds the groups stored in one `__consumer_offsets` partition this
+/// shard now leads, reading its whole log.
+pub async fn load_partition_groups(
+    shard: &Rc<Shard>,
+    p: &Rc<crate::partition::Partition>,
+) -> Result<(), String> {
     let now = Instant::now();
-    for p in shard
-        .local_partitions()
-        .into_iter()
-        .filter(|p| p.topic == CONSUMER_OFFSETS_TOPIC)
-    {
-        let mut offset = p.log_start_offset();
-        loop {
-            let data = p.read(offset, 1 << 20).await.map_err(|e| e.to_string())?;
-            if data.records.is_empty() {
-                break;
-            }
-            let mut buf = data.records.to_bytes();
-            while !buf.is_empty() {
-                let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf)
-                    .map_err(|e| e.to_string())?;
-                for r in set.records {
-                    offset = offset.max(r.offset + 1);
-                    let Some(key) = r.key.as_deref().and_then(Key::decode) else {
-                        continue;
-                    };
-                    match key {
-                        Key::Offset {
-                            group,
-                            topic,
-                            partition,
-                        } => {
-                            let v = r.value.as_deref().and_then(OffsetValue::decode);
-                            shard.groups.apply_offset(&group, &topic, partition, v);
-                        }
-                        Key::Group { group } => {
-                            let v = r.value.as_deref().and_then(GroupValue::decode);
-                            shard.groups.apply_group(&group, v, now);
-                        }
+    let mut offset = p.log_start_offset();
+    let end = p.log_end_offset();
+    while offset < end {
+        let data = p
+            .read_below(offset, 1 << 20, end)
+            .await
+            .map_err(|e| e.to_string())?;
+        if data.records.is_empty() {
+            break;
+        }
+        let mut buf = data.records.to_bytes();
+        while !buf.is_empty() {
+            let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf)
+                .map_err(|e| e.to_string())?;
+            for r in set.records {
+                offset = offset.max(r.offset + 1);
+                let Some(key) = r.key.as_deref().and_then(Key::decode) else {
+                    continue;
+                };
+                match key {
+                    Key::Offset {
+                        group,
+                        topic,
+                        partition,
+                    } => {
+                        let v = r.value.as_deref().and_then(OffsetValue::decode);
+                        shard.groups.apply_offset(&group, &topic, partition, v);
+                    }
+                    Key::Group { group } => {
+                        let v = r.value.as_deref().and_then(GroupValue::decode);
+                        shard.groups.apply_group(&group, v, now);
                     }
                 }
             }
         }
     }
+    shard.groups.loaded.borrow_mut().insert(p.index);
+    tracing::info!(partition = p.index, "consumer groups loaded");
     Ok(())
 }
 
@@ -173,16 +214,28 @@ pub fn start_group_timer(shard: &Rc<Shard>) {
     .detach();
 }
 
+/// The broker leading the group's `__consumer_offsets` partition.
+fn coordinator_of(shard: &Shard, group: &str) -> Result<(i32, String, i32), ResponseError> {
+    let image = shard.image();
+    let index = partition_of(shard, group);
+    let p = image
+        .partition(CONSUMER_OFFSETS_TOPIC, index)
+        .ok_or(ResponseError::CoordinatorNotAvailable)?;
+    let b = image
+        .broker(p.leader)
+        .filter(|b| !b.fenced)
+        .ok_or(ResponseError::CoordinatorNotAvailable)?;
+    Ok((p.leader, b.registration.host.clone(), b.registration.port))
+}
+
 pub fn find_coordinator(
     shard: &Rc<Shard>,
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let (host, port) = shard.config.advertised();
-    let node = BrokerId(shard.config.node_id);
-    let answer = |key_type: i8| {
+    let answer = |key_type: i8, key: &str| {
         if key_type == 0 {
-            Ok(())
+            coordinator_of(shard, key)
         } else {
             Err(ResponseError::CoordinatorNotAvailable)
         }
@@ -193,9 +246,9 @@ pub fn find_coordinator(
             .iter()
             .map(|k| {
                 let c = Coordinator::default().with_key(k.clone());
-                match answer(req.key_type) {
-                    Ok(()) => c
-                        .with_node_id(node)
+                match answer(req.key_type, k.as_str()) {
+                    Ok((node, host, port)) => c
+                        .with_node_id(BrokerId(node))
                         .with_host(str_bytes(&host))
                         .with_port(port),
                     Err(e) => c
@@ -207,9 +260,9 @@ pub fn find_coordinator(
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    match answer(req.key_type) {
-        Ok(()) => FindCoordinatorResponse::default()
-            .with_node_id(node)
+    match answer(req.key_type, req.key.as_str()) {
+        Ok((node, host, port)) => FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(node))
             .with_host(str_bytes(&host))
             .with_port(port),
         Err(e) => FindCoordinatorResponse::default()
@@ -441,11 +494,11 @@ pub async fn offset_commit(
     _version: i16,
 ) -> OffsetCommitResponse {
     let group = req.group_id.0.to_string();
-    let table = shard.topics();
+    let table = shard.image();
     // Per partition: Ok(record) to write, or the error to answer.
     let mut plan: Vec<(TopicName, Vec<CommitPlan>)> = Vec::new();
     for t in &req.topics {
-        let known = table.get(t.name.0.as_str()).map(|m| m.partitions);
+        let known = table.topic(t.name.0.as_str()).map(|m| m.partition_count());
         let parts = t
             .partitions
             .iter()

@@ -1,6 +1,7 @@
-//! Metadata (key 3), v0-12: this broker, its topics and their partitions
-//! (single node: leader and only replica of everything). Auto-creates
-//! requested topics when allowed, and says so when that fails.
+//! Metadata (key 3), v0-12: the live brokers, the active controller, and
+//! every partition's leader, leader epoch, replicas, ISR and offline
+//! replicas, from this broker's metadata image. Auto-creates requested
+//! topics when allowed (through the controller), and says so when that fails.
 //!
 //! A partition this broker cannot serve (fenced at recovery, not opened, or
 //! poisoned by an I/O error) is listed with KAFKA_STORAGE_ERROR and this
@@ -18,7 +19,9 @@ use kafka_protocol::messages::{BrokerId, TopicName};
 use kafka_protocol::ResponseError;
 
 use super::{str_bytes, topics};
-use crate::cluster::{valid_topic_name, TopicMeta};
+use crate::cluster::image::{MetadataImage, TopicImage};
+use crate::cluster::records::NO_LEADER;
+use crate::cluster::valid_topic_name;
 use crate::shard::{PartitionKey, Shard};
 
 /// Partitions answering KAFKA_STORAGE_ERROR, gathered from every shard.
@@ -33,16 +36,45 @@ async fn offline_partitions(shard: &Rc<Shard>) -> HashSet<PartitionKey> {
         .collect()
 }
 
+/// The live brokers of the image, as Metadata lists them.
+pub fn live_brokers(image: &MetadataImage) -> Vec<MetadataResponseBroker> {
+    image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.registration.node_id))
+                .with_host(str_bytes(&b.registration.host))
+                .with_port(b.registration.port)
+                .with_rack(b.registration.rack.as_deref().map(str_bytes))
+        })
+        .collect()
+}
+
+/// The controller id clients see: the active controller when it is a live
+/// broker, else this broker, which forwards admin requests for them (as a
+/// KRaft broker does). Never -1: clients with no controller to send admin
+/// requests to would wait instead of getting an answer.
+pub async fn controller_id(shard: &Rc<Shard>) -> i32 {
+    let leader = shard
+        .invoke_on(0, |s: Rc<Shard>| async move { s.cluster().leader() })
+        .await
+        .ok()
+        .flatten();
+    let image = shard.image();
+    match leader {
+        Some(id) if image.broker(id).is_some_and(|b| !b.fenced) => id,
+        _ => shard.node_id,
+    }
+}
+
 pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> MetadataResponse {
-    let node = BrokerId(shard.config.node_id);
-    let (host, port) = shard.config.advertised();
+    let image = shard.image();
     let mut response = MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(node)
-            .with_host(str_bytes(&host))
-            .with_port(port)])
-        .with_cluster_id(Some(str_bytes(&shard.config.cluster_id)))
-        .with_controller_id(node);
+        .with_brokers(live_brokers(&image))
+        .with_cluster_id(image.cluster_id.as_deref().map(str_bytes))
+        .with_controller_id(BrokerId(controller_id(shard).await));
     // v0: an empty list means all topics; v1+: null means all topics.
     let requested: Option<Vec<_>> = match req.topics {
         None => None,
@@ -50,12 +82,12 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
         Some(t) => Some(t),
     };
     let offline = offline_partitions(shard).await;
+    let me = shard.node_id;
     let Some(requested) = requested else {
-        let table = shard.topics();
-        response.topics = table
+        response.topics = image
             .topics
             .values()
-            .map(|t| topic_entry(t, node, &offline))
+            .map(|t| topic_entry(&image, t, me, &offline))
             .collect();
         return response;
     };
@@ -64,7 +96,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
     for t in requested {
         let name = match (&t.name, t.topic_id.is_nil()) {
             (Some(n), _) => n.0.to_string(),
-            (None, false) => match shard.topics().by_id(&t.topic_id) {
+            (None, false) => match image.topic_by_id(&t.topic_id) {
                 Some(meta) => meta.name.clone(),
                 None => {
                     response.topics.push(error_topic(
@@ -85,13 +117,24 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             ));
             continue;
         }
-        let meta = match shard.topics().get(&name).cloned() {
-            Some(m) => Ok(m),
-            None if auto_create => topics::auto_create(shard, &name).await,
+        let known = shard.image();
+        let entry = match known.topic(&name) {
+            Some(m) => Ok(topic_entry(&known, m, me, &offline)),
+            None if auto_create => match topics::auto_create(shard, &name).await {
+                Ok(()) => {
+                    let now = shard.image();
+                    match now.topic(&name) {
+                        Some(m) => Ok(topic_entry(&now, m, me, &offline)),
+                        // Created, not yet here: the client asks again.
+                        None => Err(ResponseError::LeaderNotAvailable),
+                    }
+                }
+                Err(e) => Err(e),
+            },
             None => Err(ResponseError::UnknownTopicOrPartition),
         };
-        match meta {
-            Ok(m) => response.topics.push(topic_entry(&m, node, &offline)),
+        match entry {
+            Ok(e) => response.topics.push(e),
             Err(e) => response
                 .topics
                 .push(error_topic(Some(&name), t.topic_id, e)),
@@ -108,30 +151,47 @@ fn error_topic(name: Option<&str>, id: uuid::Uuid, error: ResponseError) -> Meta
 }
 
 fn topic_entry(
-    t: &TopicMeta,
-    node: BrokerId,
+    image: &MetadataImage,
+    t: &TopicImage,
+    me: i32,
     offline: &HashSet<PartitionKey>,
 ) -> MetadataResponseTopic {
+    let down = |r: &i32| image.broker(*r).is_none_or(|b| b.fenced);
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(&t.name))))
         .with_topic_id(t.id)
         .with_is_internal(t.internal)
         .with_partitions(
-            (0..t.partitions)
-                .map(|p| {
-                    let entry = MetadataResponsePartition::default()
-                        .with_partition_index(p)
-                        .with_leader_id(node)
-                        .with_leader_epoch(0)
-                        .with_replica_nodes(vec![node])
-                        .with_isr_nodes(vec![node]);
-                    if !offline.is_empty() && offline.contains(&(t.name.clone(), p)) {
-                        entry
-                            .with_error_code(ResponseError::KafkaStorageError.code())
-                            .with_offline_replicas(vec![node])
-                    } else {
-                        entry
+            t.partitions
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let index = i as i32;
+                    let mut offline_replicas: Vec<BrokerId> = p
+                        .replicas
+                        .iter()
+                        .filter(|r| down(r))
+                        .map(|r| BrokerId(*r))
+                        .collect();
+                    let local_offline = offline.contains(&(t.name.clone(), index));
+                    if local_offline && !offline_replicas.contains(&BrokerId(me)) {
+                        offline_replicas.push(BrokerId(me));
                     }
+                    let error = if local_offline && p.leader == me {
+                        ResponseError::KafkaStorageError.code()
+                    } else if p.leader == NO_LEADER {
+                        ResponseError::LeaderNotAvailable.code()
+                    } else {
+                        0
+                    };
+                    MetadataResponsePartition::default()
+                        .with_error_code(error)
+                        .with_partition_index(index)
+                        .with_leader_id(BrokerId(p.leader))
+                        .with_leader_epoch(p.leader_epoch)
+                        .with_replica_nodes(p.replicas.iter().map(|r| BrokerId(*r)).collect())
+                        .with_isr_nodes(p.isr.iter().map(|r| BrokerId(*r)).collect())
+                        .with_offline_replicas(offline_replicas)
                 })
                 .collect(),
         )

@@ -4,6 +4,7 @@
 //! shards and partitions.
 
 mod api_versions;
+mod cluster_admin;
 mod configs;
 mod fetch;
 pub mod groups;
@@ -22,6 +23,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 use thiserror::Error;
 
+use crate::cluster::controller::ControllerError;
 use crate::partition::PartitionError;
 use crate::record::BatchError;
 use crate::shard::Shard;
@@ -51,6 +53,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::DescribeQuorum, 0, 2),
+    (ApiKey::DescribeCluster, 0, 2),
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -285,6 +290,15 @@ async fn dispatch(
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(groups::offset_delete(shard, r, v).await)
         }
+        RequestKind::DescribeCluster(r) => {
+            ResponseKind::DescribeCluster(cluster_admin::describe_cluster(shard, r, v).await)
+        }
+        RequestKind::ElectLeaders(r) => {
+            ResponseKind::ElectLeaders(cluster_admin::elect_leaders(shard, r, v).await)
+        }
+        RequestKind::DescribeQuorum(r) => {
+            ResponseKind::DescribeQuorum(cluster_admin::describe_quorum(shard, r, v).await)
+        }
         other => {
             tracing::warn!(request = ?std::mem::discriminant(&other), "request without handler");
             return None;
@@ -317,13 +331,6 @@ fn encode_response(
 }
 
 /// Maps a partition-level error to its Kafka error code.
-///
-/// A full file system (NoSpace) answers KAFKA_STORAGE_ERROR: clients retry
-/// it until their delivery timeout (Kafka's Java client: a retriable
-/// InvalidMetadataException; librdkafka: refresh and retry; kafka-python:
-/// retriable), and the partition resumes by itself once space returns.
-/// BROKER_NOT_AVAILABLE or POLICY_VIOLATION would fail the Java producer's
-/// batches at once.
 pub fn partition_error_code(e: &PartitionError) -> ResponseError {
     match e {
         PartitionError::Batch(BatchError::BadCrc { .. }) => ResponseError::CorruptMessage,
@@ -332,13 +339,46 @@ pub fn partition_error_code(e: &PartitionError) -> ResponseError {
         PartitionError::Log(crate::log::LogError::OffsetOutOfRange(_)) => {
             ResponseError::OffsetOutOfRange
         }
-        PartitionError::Log(_) | PartitionError::Poisoned | PartitionError::NoSpace => {
-            ResponseError::KafkaStorageError
-        }
+        // Retriable in every client, so producers wait for space to return.
+        PartitionError::NoSpace => ResponseError::KafkaStorageError,
+        PartitionError::Log(_) | PartitionError::Poisoned => ResponseError::KafkaStorageError,
         PartitionError::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber,
         PartitionError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch,
         PartitionError::OffsetOutOfRange(_) => ResponseError::OffsetOutOfRange,
         PartitionError::Deleted => ResponseError::UnknownTopicOrPartition,
+        PartitionError::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
+        PartitionError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
+        PartitionError::NotEnoughReplicasAfterAppend => ResponseError::NotEnoughReplicasAfterAppend,
+        PartitionError::Timeout => ResponseError::RequestTimedOut,
+        PartitionError::FencedLeaderEpoch(_) => ResponseError::FencedLeaderEpoch,
+        PartitionError::UnknownLeaderEpoch(_) => ResponseError::UnknownLeaderEpoch,
+        PartitionError::OffsetMismatch { .. } => ResponseError::UnknownServerError,
+    }
+}
+
+/// Maps a controller's refusal to its Kafka error code.
+pub fn controller_error_code(e: &ControllerError) -> ResponseError {
+    use ControllerError as C;
+    match e {
+        C::NotController => ResponseError::NotController,
+        C::Timeout => ResponseError::RequestTimedOut,
+        C::TopicAlreadyExists(_) => ResponseError::TopicAlreadyExists,
+        C::InvalidTopic(_) => ResponseError::InvalidTopicException,
+        C::UnknownTopicOrPartition(_) => ResponseError::UnknownTopicOrPartition,
+        C::UnknownTopicId(_) => ResponseError::UnknownTopicId,
+        C::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        C::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        C::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+        C::InvalidRequest(_) => ResponseError::InvalidRequest,
+        C::StaleBrokerEpoch(_) => ResponseError::StaleBrokerEpoch,
+        C::UnknownBroker(_) => ResponseError::BrokerIdNotRegistered,
+        C::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
+        C::InvalidUpdateVersion => ResponseError::InvalidUpdateVersion,
+        C::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
+        C::IneligibleReplica(_) => ResponseError::IneligibleReplica,
+        C::ElectionNotNeeded => ResponseError::ElectionNotNeeded,
+        C::PreferredLeaderNotAvailable => ResponseError::PreferredLeaderNotAvailable,
+        C::EligibleLeadersNotAvailable => ResponseError::EligibleLeadersNotAvailable,
     }
 }
 

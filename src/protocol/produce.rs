@@ -10,8 +10,9 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::ResponseError;
 
 use super::partition_error_code;
-use crate::partition::Appended;
+use crate::partition::{Acks, Appended};
 use crate::shard::Shard;
+use std::time::Duration;
 
 type PartitionResult = Result<Appended, ResponseError>;
 
@@ -21,14 +22,15 @@ async fn produce_on_owner(
     topic: String,
     index: i32,
     records: bytes::Bytes,
-    wait: bool,
+    acks: Acks,
+    timeout: Duration,
 ) -> PartitionResult {
     let Some(partition) = shard.partition(&topic, index) else {
         return Err(shard.missing_partition_error(&topic, index));
     };
     let s = shard.clone();
     partition
-        .produce(records, wait, move |p| s.mark_dirty(p))
+        .produce(records, acks, timeout, move |p| s.mark_dirty(p))
         .await
         .map_err(|e| {
             tracing::debug!(topic, index, error = %e, "produce refused");
@@ -42,13 +44,18 @@ pub async fn handle(
     _version: i16,
 ) -> Option<ProduceResponse> {
     let acks = req.acks;
-    let wait = acks != 0;
-    let table = shard.topics();
+    let mode = match acks {
+        0 => Acks::None,
+        1 => Acks::Leader,
+        _ => Acks::All,
+    };
+    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
+    let table = shard.image();
     let mut topics = Vec::with_capacity(req.topic_data.len());
     let mut pending = Vec::new();
     for t in req.topic_data {
         let name = t.name.0.to_string();
-        let meta = table.get(&name);
+        let meta = table.topic(&name);
         let mut parts = Vec::with_capacity(t.partition_data.len());
         for p in t.partition_data {
             let response = PartitionProduceResponse::default()
@@ -58,7 +65,7 @@ pub async fn handle(
                 .with_log_start_offset(-1);
             let early = if !matches!(acks, -1..=1) {
                 Some(ResponseError::InvalidRequiredAcks)
-            } else if meta.is_none_or(|m| p.index < 0 || p.index >= m.partitions) {
+            } else if meta.is_none_or(|m| p.index < 0 || p.index >= m.partition_count()) {
                 Some(ResponseError::UnknownTopicOrPartition)
             } else if p.records.as_ref().is_none_or(|r| r.is_empty()) {
                 Some(ResponseError::InvalidRecord)
@@ -73,7 +80,7 @@ pub async fn handle(
                     topics.len(),
                     parts.len(),
                     shard.invoke_on(owner, move |s| {
-                        produce_on_owner(s, topic, index, records, wait)
+                        produce_on_owner(s, topic, index, records, mode, timeout)
                     }),
                 ));
             }

@@ -1,5 +1,6 @@
 //! InitProducerId (key 22), v0-5: producer ids for idempotent producers,
-//! allocated by the controller shard from persisted blocks. A producer that
+//! handed out from blocks the active controller allocates in the metadata
+//! log, so no id is given twice anywhere in the cluster. A producer that
 //! passes its current id and epoch (KIP-360) gets the epoch bumped.
 //! Transactions are not supported: a transactional id is refused.
 
@@ -32,6 +33,6 @@ pub async fn handle(
         Ok(id) => response
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(0),
-        Err(e) => response.with_error_code(e.code()),
+        Err(e) => response.with_error_code(super::controller_error_code(&e).code()),
     }
 }

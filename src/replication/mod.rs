@@ -6,3 +6,7 @@
 
 #[cfg(test)]
 mod sim;
+
+mod fetcher;
+
+pub use fetcher::Fetcher;

@@ -127,6 +127,9 @@ pub enum ControllerRequest {
     },
     /// Internal: `__consumer_offsets` exists once brokers are there.
     EnsureOffsetsTopic,
+    /// Answered by the Raft leader's node from its quorum state, never
+    /// decided here.
+    DescribeQuorum,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +174,7 @@ pub enum ControllerReply {
         first: i64,
         count: i64,
     },
+    Quorum(crate::cluster::quorum::QuorumStatus),
     Done,
 }
 
@@ -294,6 +298,12 @@ impl Controller {
                 broker_epoch,
             } => self.allocate_producer_ids(image, node_id, broker_epoch),
             R::EnsureOffsetsTopic => self.ensure_offsets_topic(image),
+            R::DescribeQuorum => Decision {
+                records: Vec::new(),
+                reply: Reply::Ready(Err(ControllerError::InvalidRequest(
+                    "DescribeQuorum is answered by the quorum, not the controller".into(),
+                ))),
+            },
         }
     }
 

@@ -208,19 +208,22 @@ impl QuorumDriver {
                 .finish_ready(pending)
                 .map_err(|e| e.to_string())?;
             applier.send(outcome.messages);
-            let node = self.node.borrow();
-            self.applied.set(node.applied_index());
-            for a in &outcome.applied {
-                if a.entry.proposer == node.node_id {
-                    if let Some(tx) = self.waiters.borrow_mut().remove(&a.entry.request_id) {
-                        let _ = tx.send(Ok(a.index));
+            let image = {
+                let node = self.node.borrow();
+                self.applied.set(node.applied_index());
+                for a in &outcome.applied {
+                    if a.entry.proposer == node.node_id {
+                        if let Some(tx) = self.waiters.borrow_mut().remove(&a.entry.request_id) {
+                            let _ = tx.send(Ok(a.index));
+                        }
                     }
                 }
-            }
-            if !outcome.applied.is_empty() || outcome.image_replaced || !outcome.changes.is_empty()
-            {
-                let image = Arc::new(node.image().clone());
-                drop(node);
+                let changed = !outcome.applied.is_empty()
+                    || outcome.image_replaced
+                    || !outcome.changes.is_empty();
+                changed.then(|| Arc::new(node.image().clone()))
+            };
+            if let Some(image) = image {
                 applier.applied(image, outcome.changes, &outcome.applied);
             }
             self.drain_inbox();

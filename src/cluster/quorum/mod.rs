@@ -38,3 +38,23 @@ impl slog::Drain for TracingDrain {
         Ok(())
     }
 }
+
+/// The metadata quorum as one node sees it (DescribeQuorum).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuorumStatus {
+    pub leader: Option<crate::cluster::records::NodeId>,
+    pub term: u64,
+    pub high_watermark: u64,
+    pub voters: Vec<VoterStatus>,
+}
+
+/// One voter as this node knows it (a follower knows only itself).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VoterStatus {
+    pub node_id: crate::cluster::records::NodeId,
+    /// -1: unknown here.
+    pub log_end_offset: i64,
+    pub caught_up: bool,
+    pub recently_heard: bool,
+    pub endpoint: Option<(String, u16)>,
+}

@@ -207,13 +207,15 @@ impl QuorumNode {
 
     /// Replication progress of each voter as the leader sees it
     /// (node, matched index), for DescribeQuorum.
-    pub fn voter_progress(&self) -> Vec<(NodeId, u64)> {
-        let mut out: Vec<(NodeId, u64)> = self
+    /// As leader: each voter's matched index and whether it was heard from
+    /// within the last election timeout.
+    pub fn voter_progress(&self) -> Vec<(NodeId, u64, bool)> {
+        let mut out: Vec<(NodeId, u64, bool)> = self
             .raw
             .raft
             .prs()
             .iter()
-            .map(|(id, p)| (node_id(*id), p.matched))
+            .map(|(id, p)| (node_id(*id), p.matched, p.recent_active))
             .collect();
         out.sort_unstable();
         out

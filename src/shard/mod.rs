@@ -1,5 +1,7 @@
 //! A shard: one pinned glommio executor owning a subset of partitions, its
-//! copy of the topic table, its flusher and its end of the shard mesh.
+//! copy of the metadata image, its flusher, its follower fetch loops and its
+//! end of the shard mesh. Shard 0 also runs this node's cluster service
+//! (controller quorum member, active controller, broker registration).
 //!
 //! Each shard's state is touched only by its own thread. Work for another
 //! shard's partitions travels as a closure over the mesh (`invoke_on`), runs
@@ -12,8 +14,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
@@ -22,11 +24,15 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use kafka_protocol::ResponseError;
 use thiserror::Error;
 
-use crate::cluster::{owner_shard, TopicMeta, TopicTable};
+use crate::cluster::controller::{ControllerError, ControllerReply, ControllerRequest};
+use crate::cluster::image::{MetadataImage, TopicImage};
+use crate::cluster::owner_shard;
+use crate::cluster::records::NodeId;
+use crate::cluster::service::ClusterService;
 use crate::config::{Config, FlushPolicy};
 use crate::log::space::{SpaceGuard, SpaceLimits};
 use crate::log::LogConfig;
-use crate::partition::{CacheBudget, Partition, PartitionError};
+use crate::partition::{CacheBudget, Partition};
 
 /// Messages queued between any two shards before senders wait.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -40,20 +46,28 @@ pub struct ShardGone(pub usize);
 
 pub type PartitionKey = (String, i32);
 
+mod metadata;
+
+pub use metadata::now_ms;
+
 pub struct Shard {
     pub id: usize,
     pub count: usize,
     pub config: Rc<Config>,
-    topics: RefCell<Rc<TopicTable>>,
+    /// This broker's node id and the id of this process's registration.
+    pub node_id: NodeId,
+    pub incarnation_id: uuid::Uuid,
+    image: RefCell<Arc<MetadataImage>>,
     partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
     senders: Senders<Job>,
     budget: Rc<CacheBudget>,
     dirty: RefCell<Vec<Rc<Partition>>>,
     doorbell: LocalSender<()>,
     doorbell_rx: RefCell<Option<LocalReceiver<()>>>,
-    /// Serializes topic table changes (used on shard 0, the controller).
-    metadata_lock: glommio::sync::Semaphore,
-    producer_ids: RefCell<ProducerIdBlock>,
+    /// Shard 0 only: this node's cluster service.
+    cluster: RefCell<Option<Rc<ClusterService>>>,
+    /// Follower fetch loops of this shard, one per leader broker.
+    pub fetchers: RefCell<HashMap<NodeId, Rc<crate::replication::Fetcher>>>,
     /// Partitions this shard owns but does not serve: fenced at recovery
     /// (corrupt sealed segment) or not opened after an I/O error. Answered
     /// with KAFKA_STORAGE_ERROR, as poisoned ones are.
@@ -71,7 +85,7 @@ impl Shard {
         id: usize,
         count: usize,
         config: Rc<Config>,
-        table: TopicTable,
+        incarnation_id: uuid::Uuid,
         senders: Senders<Job>,
     ) -> Rc<Shard> {
         let (doorbell, rx) = local_channel::new_bounded(1);
@@ -94,24 +108,53 @@ impl Shard {
             count,
             groups,
             space,
-            producer_ids: RefCell::new(ProducerIdBlock::new(config.data_dir.clone())),
+            node_id: config.node_id,
+            incarnation_id,
             config,
-            topics: RefCell::new(Rc::new(table)),
+            image: RefCell::new(Arc::new(MetadataImage::default())),
+            cluster: RefCell::new(None),
+            fetchers: RefCell::new(HashMap::new()),
             partitions: RefCell::new(HashMap::new()),
             senders,
             budget,
             dirty: RefCell::new(Vec::new()),
             doorbell,
             doorbell_rx: RefCell::new(Some(rx)),
-            metadata_lock: glommio::sync::Semaphore::new(1),
             offline: RefCell::new(HashSet::new()),
             in_flight: Cell::new(0),
             shutting_down: Cell::new(false),
         })
     }
 
-    pub fn topics(&self) -> Rc<TopicTable> {
-        self.topics.borrow().clone()
+    /// The latest metadata image this shard applied.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.image.borrow().clone()
+    }
+
+    /// Shard 0: attaches the cluster service.
+    pub fn set_cluster(&self, cluster: Rc<ClusterService>) {
+        *self.cluster.borrow_mut() = Some(cluster);
+    }
+
+    /// The cluster service; only on shard 0.
+    pub fn cluster(&self) -> Rc<ClusterService> {
+        self.cluster
+            .borrow()
+            .clone()
+            .expect("the cluster service runs on shard 0")
+    }
+
+    /// Asks the active controller (through this node's cluster service).
+    pub async fn controller_call(
+        self: &Rc<Self>,
+        req: ControllerRequest,
+    ) -> Result<ControllerReply, ControllerError> {
+        self.invoke_on(
+            0,
+            move |s: Rc<Shard>| async move { s.cluster().call(req).await },
+        )
+        .await
+        .unwrap_or(Err(ControllerError::NotController))
     }
 
     pub fn owner(&self, topic: &str, partition: i32) -> usize {
@@ -134,6 +177,9 @@ impl Shard {
             .contains(&(topic.to_string(), partition))
         {
             ResponseError::KafkaStorageError
+        } else if self.image().partition(topic, partition).is_some() {
+            // It exists, on other brokers: the client's metadata is stale.
+            ResponseError::NotLeaderOrFollower
         } else {
             ResponseError::UnknownTopicOrPartition
         }
@@ -172,7 +218,7 @@ impl Shard {
         self.partitions.borrow().values().cloned().collect()
     }
 
-    fn log_config(&self, topic: &TopicMeta) -> LogConfig {
+    fn log_config(&self, topic: &TopicImage) -> LogConfig {
         let segment_bytes = topic
             .configs
             .get("segment.bytes")
@@ -324,132 +370,13 @@ impl Shard {
         }
     }
 
-    /// Applies a new topic table: opens partitions this shard now owns,
-    /// deletes those whose topic is gone. A partition that cannot be opened
-    /// (corrupt, or an I/O error) is left offline and the rest is applied;
-    /// the error names them.
-    pub async fn apply_table(self: &Rc<Self>, table: TopicTable) -> Result<(), String> {
-        let table = Rc::new(table);
-        let old = self.topics.replace(table.clone());
-        let group_commit = self.config.flush_policy == FlushPolicy::GroupCommit;
-        let mut failed = Vec::new();
-        for topic in table.topics.values() {
-            let recreated = old.get(&topic.name).is_some_and(|o| o.id != topic.id);
-            if recreated {
-                self.drop_topic(&topic.name).await;
-            }
-            for p in 0..topic.partitions {
-                let key = (topic.name.clone(), p);
-                if self.owner(&topic.name, p) != self.id
-                    || self.partitions.borrow().contains_key(&key)
-                    || self.offline.borrow().contains(&key)
-                {
-                    continue;
-                }
-                let part = Partition::open(
-                    &self.config.data_dir,
-                    &topic.name,
-                    p,
-                    self.log_config(topic),
-                    self.budget.clone(),
-                    self.space.clone(),
-                    group_commit,
-                )
-                .await;
-                match part {
-                    Ok(part) => {
-                        self.partitions.borrow_mut().insert(key, part);
-                    }
-                    Err(e) => {
-                        // Offline: left untouched on disk for an operator
-                        // (`ringtail repair` for a corrupt log); the rest of
-                        // the broker keeps serving.
-                        if matches!(e, PartitionError::Log(crate::log::LogError::Corrupt { .. })) {
-                            tracing::error!(topic = %topic.name, partition = p, error = %e, "partition fenced");
-                        } else {
-                            tracing::error!(topic = %topic.name, partition = p, error = %e, "partition offline: opening it failed");
-                            failed.push(format!("{}-{p}: {e}", topic.name));
-                        }
-                        self.offline.borrow_mut().insert(key);
-                    }
-                }
-            }
-        }
-        for name in old.topics.keys() {
-            if !table.topics.contains_key(name) {
-                self.drop_topic(name).await;
-            }
-        }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("opening {}", failed.join("; ")))
-        }
-    }
-
-    /// Deletes a topic's partitions here. An offline partition's directory
-    /// is left on disk (it may hold data an operator wants back).
-    async fn drop_topic(&self, name: &str) {
-        self.offline.borrow_mut().retain(|(t, _)| t != name);
-        let removed: Vec<Rc<Partition>> = {
-            let mut parts = self.partitions.borrow_mut();
-            let keys: Vec<PartitionKey> =
-                parts.keys().filter(|(t, _)| t == name).cloned().collect();
-            keys.iter().filter_map(|k| parts.remove(k)).collect()
-        };
-        for p in removed {
-            p.mark_deleted();
-            if let Err(e) = std::fs::remove_dir_all(&p.dir) {
-                tracing::warn!(dir = %p.dir.display(), error = %e, "removing deleted partition");
-            }
-        }
-    }
-
-    /// Controller (shard 0): changes the topic table with `change`, persists
-    /// it, and pushes it to every shard before answering.
-    pub async fn change_topics<R: Send + 'static>(
-        self: &Rc<Self>,
-        change: impl FnOnce(&mut TopicTable) -> Result<R, ResponseError> + Send + 'static,
-    ) -> Result<R, ResponseError> {
-        let result = self
-            .invoke_on(0, move |controller: Rc<Shard>| async move {
-                let _lock = controller.metadata_lock.acquire_permit(1).await;
-                let mut table = (*controller.topics()).clone();
-                let result = change(&mut table)?;
-                table.save(&controller.config.data_dir).map_err(|e| {
-                    tracing::error!(error = %e, "persisting topic table");
-                    ResponseError::KafkaStorageError
-                })?;
-                let mut pushes = Vec::new();
-                for s in 0..controller.count {
-                    let copy = table.clone();
-                    pushes.push(controller.invoke_on(s, move |shard: Rc<Shard>| async move {
-                        shard.apply_table(copy).await
-                    }));
-                }
-                for r in futures::future::join_all(pushes).await {
-                    match r {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::error!(error = %e, "applying topic table");
-                            return Err(ResponseError::KafkaStorageError);
-                        }
-                        Err(_) => return Err(ResponseError::BrokerNotAvailable),
-                    }
-                }
-                Ok(result)
-            })
-            .await;
-        result.unwrap_or(Err(ResponseError::BrokerNotAvailable))
-    }
-
-    /// Controller: a new producer id, unique across restarts.
-    pub async fn allocate_producer_id(self: &Rc<Self>) -> Result<i64, ResponseError> {
-        self.invoke_on(0, |c: Rc<Shard>| async move {
-            c.producer_ids.borrow_mut().next()
+    /// A producer id from this node's block (allocated by the controller).
+    pub async fn allocate_producer_id(self: &Rc<Self>) -> Result<i64, ControllerError> {
+        self.invoke_on(0, |s: Rc<Shard>| async move {
+            s.cluster().next_producer_id().await
         })
         .await
-        .unwrap_or(Err(ResponseError::BrokerNotAvailable))
+        .unwrap_or(Err(ControllerError::NotController))
     }
 
     /// Closes every local partition cleanly (written, synced, trimmed) and
@@ -463,46 +390,5 @@ impl Shard {
             }
         }
         failed
-    }
-}
-
-/// Producer ids are handed out from blocks whose end is persisted before use,
-/// so no id is given twice even across crashes.
-pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
-
-struct ProducerIdBlock {
-    path: PathBuf,
-    next: i64,
-    end: i64,
-}
-
-impl ProducerIdBlock {
-    fn new(data_dir: PathBuf) -> ProducerIdBlock {
-        let path = data_dir.join("producer-id-block");
-        let start = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .unwrap_or(0);
-        ProducerIdBlock {
-            path,
-            next: start,
-            end: start,
-        }
-    }
-
-    fn next(&mut self) -> Result<i64, ResponseError> {
-        if self.next == self.end {
-            let end = self.end + PRODUCER_ID_BLOCK_SIZE;
-            crate::cluster::write_atomically(&self.path, end.to_string().as_bytes()).map_err(
-                |e| {
-                    tracing::error!(error = %e, "persisting producer id block");
-                    ResponseError::KafkaStorageError
-                },
-            )?;
-            self.end = end;
-        }
-        let id = self.next;
-        self.next += 1;
-        Ok(id)
     }
 }

@@ -52,7 +52,11 @@ fn table_serves_exactly_the_supported_apis() {
     assert_eq!(requests().len(), SUPPORTED_APIS.len());
     for (key, min, max) in SUPPORTED_APIS {
         let m = request(*key as i16).unwrap_or_else(|| panic!("{key:?} missing"));
-        assert_eq!(m.versions, Versions(*min, *max), "{key:?}: run scripts/gen-request-schema");
+        assert_eq!(
+            m.versions,
+            Versions(*min, *max),
+            "{key:?}: run scripts/gen-request-schema"
+        );
     }
 }
 
@@ -122,7 +126,10 @@ fn every_array_element_takes_at_least_one_byte() {
 #[test]
 fn varints_longer_than_their_width_are_refused() {
     assert_eq!(read_uvarint(&[0x00], 5), Ok((0, 1)));
-    assert_eq!(read_uvarint(&[0xff, 0xff, 0xff, 0xff, 0x0f], 5), Ok((u32::MAX as u64, 5)));
+    assert_eq!(
+        read_uvarint(&[0xff, 0xff, 0xff, 0xff, 0x0f], 5),
+        Ok((u32::MAX as u64, 5))
+    );
     // Bits beyond 32 in the fifth byte, a sixth byte, ten 0xff.
     assert!(read_uvarint(&[0xff, 0xff, 0xff, 0xff, 0x1f], 5).is_err());
     assert!(read_uvarint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00], 5).is_err());
@@ -178,14 +185,23 @@ fn huge_compact_counts_and_overlong_varints_are_refused() {
     // Metadata v12 body: topics (compact array), then two bools and tags.
     let huge = [0xff, 0xff, 0xff, 0xff, 0x0f, 1, 0, 0];
     let f = frame(3, 12, 2, &huge);
-    assert!(matches!(check_request(&f, 2), Err(BoundsError::TooLarge { .. })));
+    assert!(matches!(
+        check_request(&f, 2),
+        Err(BoundsError::TooLarge { .. })
+    ));
     let overlong = [0xff; 10];
     let f = frame(3, 12, 2, &overlong);
-    assert!(matches!(check_request(&f, 2), Err(BoundsError::BadVarint { .. })));
+    assert!(matches!(
+        check_request(&f, 2),
+        Err(BoundsError::BadVarint { .. })
+    ));
     // A huge count of tagged fields in the header.
     let mut f = frame(3, 12, 1, &[]);
     f.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0x07]);
-    assert!(matches!(check_request(&f, 2), Err(BoundsError::TooLarge { .. })));
+    assert!(matches!(
+        check_request(&f, 2),
+        Err(BoundsError::TooLarge { .. })
+    ));
 }
 
 #[test]
@@ -193,15 +209,24 @@ fn huge_and_negative_string_lengths_are_refused() {
     // Header v1 client id of 0x7fff bytes in a short frame.
     let mut f = vec![0, 3, 0, 1, 0, 0, 0, 1, 0x7f, 0xff];
     f.extend_from_slice(&[0; 8]);
-    assert!(matches!(check_request(&f, 1), Err(BoundsError::TooLarge { .. })));
+    assert!(matches!(
+        check_request(&f, 1),
+        Err(BoundsError::TooLarge { .. })
+    ));
     // A topic name of length -2 in Metadata v1.
     let body = [0, 0, 0, 1, 0xff, 0xfe];
     let f = frame(3, 1, 1, &body);
-    assert!(matches!(check_request(&f, 1), Err(BoundsError::Negative { .. })));
+    assert!(matches!(
+        check_request(&f, 1),
+        Err(BoundsError::Negative { .. })
+    ));
     // A null topic name where it is not nullable.
     let body = [0, 0, 0, 1, 0xff, 0xff];
     let f = frame(3, 1, 1, &body);
-    assert!(matches!(check_request(&f, 1), Err(BoundsError::UnexpectedNull { .. })));
+    assert!(matches!(
+        check_request(&f, 1),
+        Err(BoundsError::UnexpectedNull { .. })
+    ));
 }
 
 #[test]
@@ -221,10 +246,16 @@ fn tagged_fields_are_walked_within_their_declared_size() {
     assert_eq!(check_request(&ok, 2), Ok(ok.len()));
     // tag 0, size 4 but the string takes 3.
     let bad = with_tags(&[1, 0, 4, 3, b'a', b'b', 0]);
-    assert!(matches!(check_request(&bad, 2), Err(BoundsError::TaggedSize { tag: 0, .. })));
+    assert!(matches!(
+        check_request(&bad, 2),
+        Err(BoundsError::TaggedSize { tag: 0, .. })
+    ));
     // tag 0, size 2 but the string claims 2 bytes after its length.
     let bad = with_tags(&[1, 0, 2, 3, b'a', b'b']);
-    assert!(matches!(check_request(&bad, 2), Err(BoundsError::TooLarge { .. })));
+    assert!(matches!(
+        check_request(&bad, 2),
+        Err(BoundsError::TooLarge { .. })
+    ));
     // An unknown tag is skipped by its size, whatever it holds.
     let ok = with_tags(&[1, 9, 3, 0xff, 0xff, 0xff]);
     assert_eq!(check_request(&ok, 2), Ok(ok.len()));
@@ -241,7 +272,10 @@ fn frames_of_apis_not_in_the_table_are_refused() {
         })
     );
     let f = frame(3, 13, 2, &[1, 1, 0, 0]);
-    assert!(matches!(check_request(&f, 2), Err(BoundsError::NotServed { .. })));
+    assert!(matches!(
+        check_request(&f, 2),
+        Err(BoundsError::NotServed { .. })
+    ));
 }
 
 #[test]

@@ -128,7 +128,9 @@ fn walk_value(r: &mut Reader<'_>, ty: Ty, nullable: bool, compact: bool, cx: Cx)
             match count {
                 // Every element is at least one byte on the wire (a unit test
                 // checks the table), so each one walked moves forward.
-                Some(count) => (0..count).try_for_each(|_| walk_value(r, *elem, false, compact, cx)),
+                Some(count) => {
+                    (0..count).try_for_each(|_| walk_value(r, *elem, false, compact, cx))
+                }
                 None => null(nullable, at),
             }
         }

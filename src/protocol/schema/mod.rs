@@ -17,6 +17,7 @@
 //! that table. Record sets (`records` fields) are skipped by their length,
 //! never walked: the partition validates batches.
 
+#[rustfmt::skip]
 mod table;
 mod walk;
 

@@ -4,166 +4,47 @@
 
 use super::{Field as F, Message, Ty, Versions as V, NONE};
 
-pub(super) const HEADER: Message = Message {
-    api_key: -1,
-    versions: V(1, 2),
-    flexible: V(2, 2),
-    fields: REQUEST_HEADER,
-};
+pub(super) const HEADER: Message = Message { api_key: -1, versions: V(1, 2), flexible: V(2, 2), fields: REQUEST_HEADER };
 
 pub(super) const REQUESTS: &[Message] = &[
-    Message {
-        api_key: 0,
-        versions: V(3, 12),
-        flexible: V(9, 12),
-        fields: PRODUCE_REQUEST,
-    }, // Produce
-    Message {
-        api_key: 1,
-        versions: V(4, 16),
-        flexible: V(12, 16),
-        fields: FETCH_REQUEST,
-    }, // Fetch
-    Message {
-        api_key: 2,
-        versions: V(1, 8),
-        flexible: V(6, 8),
-        fields: LIST_OFFSETS_REQUEST,
-    }, // ListOffsets
-    Message {
-        api_key: 3,
-        versions: V(0, 12),
-        flexible: V(9, 12),
-        fields: METADATA_REQUEST,
-    }, // Metadata
-    Message {
-        api_key: 18,
-        versions: V(0, 4),
-        flexible: V(3, 4),
-        fields: API_VERSIONS_REQUEST,
-    }, // ApiVersions
-    Message {
-        api_key: 19,
-        versions: V(2, 7),
-        flexible: V(5, 7),
-        fields: CREATE_TOPICS_REQUEST,
-    }, // CreateTopics
-    Message {
-        api_key: 20,
-        versions: V(1, 6),
-        flexible: V(4, 6),
-        fields: DELETE_TOPICS_REQUEST,
-    }, // DeleteTopics
-    Message {
-        api_key: 37,
-        versions: V(0, 3),
-        flexible: V(2, 3),
-        fields: CREATE_PARTITIONS_REQUEST,
-    }, // CreatePartitions
-    Message {
-        api_key: 32,
-        versions: V(1, 4),
-        flexible: V(4, 4),
-        fields: DESCRIBE_CONFIGS_REQUEST,
-    }, // DescribeConfigs
-    Message {
-        api_key: 22,
-        versions: V(0, 5),
-        flexible: V(2, 5),
-        fields: INIT_PRODUCER_ID_REQUEST,
-    }, // InitProducerId
-    Message {
-        api_key: 23,
-        versions: V(2, 4),
-        flexible: V(4, 4),
-        fields: OFFSET_FOR_LEADER_EPOCH_REQUEST,
-    }, // OffsetForLeaderEpoch
-    Message {
-        api_key: 10,
-        versions: V(0, 4),
-        flexible: V(3, 4),
-        fields: FIND_COORDINATOR_REQUEST,
-    }, // FindCoordinator
-    Message {
-        api_key: 11,
-        versions: V(0, 9),
-        flexible: V(6, 9),
-        fields: JOIN_GROUP_REQUEST,
-    }, // JoinGroup
-    Message {
-        api_key: 14,
-        versions: V(0, 5),
-        flexible: V(4, 5),
-        fields: SYNC_GROUP_REQUEST,
-    }, // SyncGroup
-    Message {
-        api_key: 12,
-        versions: V(0, 4),
-        flexible: V(4, 4),
-        fields: HEARTBEAT_REQUEST,
-    }, // Heartbeat
-    Message {
-        api_key: 13,
-        versions: V(0, 5),
-        flexible: V(4, 5),
-        fields: LEAVE_GROUP_REQUEST,
-    }, // LeaveGroup
-    Message {
-        api_key: 8,
-        versions: V(2, 8),
-        flexible: V(8, 8),
-        fields: OFFSET_COMMIT_REQUEST,
-    }, // OffsetCommit
-    Message {
-        api_key: 9,
-        versions: V(1, 8),
-        flexible: V(6, 8),
-        fields: OFFSET_FETCH_REQUEST,
-    }, // OffsetFetch
-    Message {
-        api_key: 16,
-        versions: V(0, 4),
-        flexible: V(3, 4),
-        fields: LIST_GROUPS_REQUEST,
-    }, // ListGroups
-    Message {
-        api_key: 15,
-        versions: V(0, 5),
-        flexible: V(5, 5),
-        fields: DESCRIBE_GROUPS_REQUEST,
-    }, // DescribeGroups
-    Message {
-        api_key: 42,
-        versions: V(0, 2),
-        flexible: V(2, 2),
-        fields: DELETE_GROUPS_REQUEST,
-    }, // DeleteGroups
-    Message {
-        api_key: 47,
-        versions: V(0, 0),
-        flexible: NONE,
-        fields: OFFSET_DELETE_REQUEST,
-    }, // OffsetDelete
+    Message { api_key: 0, versions: V(3, 12), flexible: V(9, 12), fields: PRODUCE_REQUEST }, // Produce
+    Message { api_key: 1, versions: V(4, 16), flexible: V(12, 16), fields: FETCH_REQUEST }, // Fetch
+    Message { api_key: 2, versions: V(1, 8), flexible: V(6, 8), fields: LIST_OFFSETS_REQUEST }, // ListOffsets
+    Message { api_key: 3, versions: V(0, 12), flexible: V(9, 12), fields: METADATA_REQUEST }, // Metadata
+    Message { api_key: 18, versions: V(0, 4), flexible: V(3, 4), fields: API_VERSIONS_REQUEST }, // ApiVersions
+    Message { api_key: 19, versions: V(2, 7), flexible: V(5, 7), fields: CREATE_TOPICS_REQUEST }, // CreateTopics
+    Message { api_key: 20, versions: V(1, 6), flexible: V(4, 6), fields: DELETE_TOPICS_REQUEST }, // DeleteTopics
+    Message { api_key: 37, versions: V(0, 3), flexible: V(2, 3), fields: CREATE_PARTITIONS_REQUEST }, // CreatePartitions
+    Message { api_key: 32, versions: V(1, 4), flexible: V(4, 4), fields: DESCRIBE_CONFIGS_REQUEST }, // DescribeConfigs
+    Message { api_key: 22, versions: V(0, 5), flexible: V(2, 5), fields: INIT_PRODUCER_ID_REQUEST }, // InitProducerId
+    Message { api_key: 23, versions: V(2, 4), flexible: V(4, 4), fields: OFFSET_FOR_LEADER_EPOCH_REQUEST }, // OffsetForLeaderEpoch
+    Message { api_key: 10, versions: V(0, 4), flexible: V(3, 4), fields: FIND_COORDINATOR_REQUEST }, // FindCoordinator
+    Message { api_key: 11, versions: V(0, 9), flexible: V(6, 9), fields: JOIN_GROUP_REQUEST }, // JoinGroup
+    Message { api_key: 14, versions: V(0, 5), flexible: V(4, 5), fields: SYNC_GROUP_REQUEST }, // SyncGroup
+    Message { api_key: 12, versions: V(0, 4), flexible: V(4, 4), fields: HEARTBEAT_REQUEST }, // Heartbeat
+    Message { api_key: 13, versions: V(0, 5), flexible: V(4, 5), fields: LEAVE_GROUP_REQUEST }, // LeaveGroup
+    Message { api_key: 8, versions: V(2, 8), flexible: V(8, 8), fields: OFFSET_COMMIT_REQUEST }, // OffsetCommit
+    Message { api_key: 9, versions: V(1, 8), flexible: V(6, 8), fields: OFFSET_FETCH_REQUEST }, // OffsetFetch
+    Message { api_key: 16, versions: V(0, 4), flexible: V(3, 4), fields: LIST_GROUPS_REQUEST }, // ListGroups
+    Message { api_key: 15, versions: V(0, 5), flexible: V(5, 5), fields: DESCRIBE_GROUPS_REQUEST }, // DescribeGroups
+    Message { api_key: 42, versions: V(0, 2), flexible: V(2, 2), fields: DELETE_GROUPS_REQUEST }, // DeleteGroups
+    Message { api_key: 47, versions: V(0, 0), flexible: NONE, fields: OFFSET_DELETE_REQUEST }, // OffsetDelete
 ];
 
 const PRODUCE_PARTITION_PRODUCE_DATA: &[F] = &[
-    F::new(Ty::Int32, 3, 12),                   // Index
+    F::new(Ty::Int32, 3, 12), // Index
     F::new(Ty::Records, 3, 12).nullable(3, 12), // Records
 ];
 
 const PRODUCE_TOPIC_PRODUCE_DATA: &[F] = &[
     F::new(Ty::String, 3, 12), // Name
-    F::new(
-        Ty::Array(&Ty::Struct(PRODUCE_PARTITION_PRODUCE_DATA)),
-        3,
-        12,
-    ), // PartitionData
+    F::new(Ty::Array(&Ty::Struct(PRODUCE_PARTITION_PRODUCE_DATA)), 3, 12), // PartitionData
 ];
 
 const PRODUCE_REQUEST: &[F] = &[
     F::new(Ty::String, 3, 12).nullable(3, 12), // TransactionalId
-    F::new(Ty::Int16, 3, 12),                  // Acks
-    F::new(Ty::Int32, 3, 12),                  // TimeoutMs
+    F::new(Ty::Int16, 3, 12), // Acks
+    F::new(Ty::Int32, 3, 12), // TimeoutMs
     F::new(Ty::Array(&Ty::Struct(PRODUCE_TOPIC_PRODUCE_DATA)), 3, 12), // TopicData
 ];
 
@@ -173,39 +54,39 @@ const FETCH_REPLICA_STATE: &[F] = &[
 ];
 
 const FETCH_PARTITION: &[F] = &[
-    F::new(Ty::Int32, 4, 16),  // Partition
-    F::new(Ty::Int32, 9, 16),  // CurrentLeaderEpoch
-    F::new(Ty::Int64, 4, 16),  // FetchOffset
+    F::new(Ty::Int32, 4, 16), // Partition
+    F::new(Ty::Int32, 9, 16), // CurrentLeaderEpoch
+    F::new(Ty::Int64, 4, 16), // FetchOffset
     F::new(Ty::Int32, 12, 16), // LastFetchedEpoch
-    F::new(Ty::Int64, 5, 16),  // LogStartOffset
-    F::new(Ty::Int32, 4, 16),  // PartitionMaxBytes
+    F::new(Ty::Int64, 5, 16), // LogStartOffset
+    F::new(Ty::Int32, 4, 16), // PartitionMaxBytes
 ];
 
 const FETCH_TOPIC: &[F] = &[
-    F::new(Ty::String, 4, 12),                              // Topic
-    F::new(Ty::Uuid, 13, 16),                               // TopicId
+    F::new(Ty::String, 4, 12), // Topic
+    F::new(Ty::Uuid, 13, 16), // TopicId
     F::new(Ty::Array(&Ty::Struct(FETCH_PARTITION)), 4, 16), // Partitions
 ];
 
 const FETCH_FORGOTTEN_TOPIC: &[F] = &[
-    F::new(Ty::String, 7, 12),            // Topic
-    F::new(Ty::Uuid, 13, 16),             // TopicId
+    F::new(Ty::String, 7, 12), // Topic
+    F::new(Ty::Uuid, 13, 16), // TopicId
     F::new(Ty::Array(&Ty::Int32), 7, 16), // Partitions
 ];
 
 const FETCH_REQUEST: &[F] = &[
     F::new(Ty::String, 12, 16).nullable(12, 16).tagged(0), // ClusterId
-    F::new(Ty::Int32, 4, 14),                              // ReplicaId
+    F::new(Ty::Int32, 4, 14), // ReplicaId
     F::new(Ty::Struct(FETCH_REPLICA_STATE), 15, 16).tagged(1), // ReplicaState
-    F::new(Ty::Int32, 4, 16),                              // MaxWaitMs
-    F::new(Ty::Int32, 4, 16),                              // MinBytes
-    F::new(Ty::Int32, 4, 16),                              // MaxBytes
-    F::new(Ty::Int8, 4, 16),                               // IsolationLevel
-    F::new(Ty::Int32, 7, 16),                              // SessionId
-    F::new(Ty::Int32, 7, 16),                              // SessionEpoch
-    F::new(Ty::Array(&Ty::Struct(FETCH_TOPIC)), 4, 16),    // Topics
+    F::new(Ty::Int32, 4, 16), // MaxWaitMs
+    F::new(Ty::Int32, 4, 16), // MinBytes
+    F::new(Ty::Int32, 4, 16), // MaxBytes
+    F::new(Ty::Int8, 4, 16), // IsolationLevel
+    F::new(Ty::Int32, 7, 16), // SessionId
+    F::new(Ty::Int32, 7, 16), // SessionEpoch
+    F::new(Ty::Array(&Ty::Struct(FETCH_TOPIC)), 4, 16), // Topics
     F::new(Ty::Array(&Ty::Struct(FETCH_FORGOTTEN_TOPIC)), 7, 16), // ForgottenTopicsData
-    F::new(Ty::String, 11, 16),                            // RackId
+    F::new(Ty::String, 11, 16), // RackId
 ];
 
 const LIST_OFFSETS_PARTITION: &[F] = &[
@@ -215,18 +96,18 @@ const LIST_OFFSETS_PARTITION: &[F] = &[
 ];
 
 const LIST_OFFSETS_TOPIC: &[F] = &[
-    F::new(Ty::String, 1, 8),                                     // Name
+    F::new(Ty::String, 1, 8), // Name
     F::new(Ty::Array(&Ty::Struct(LIST_OFFSETS_PARTITION)), 1, 8), // Partitions
 ];
 
 const LIST_OFFSETS_REQUEST: &[F] = &[
-    F::new(Ty::Int32, 1, 8),                                  // ReplicaId
-    F::new(Ty::Int8, 2, 8),                                   // IsolationLevel
+    F::new(Ty::Int32, 1, 8), // ReplicaId
+    F::new(Ty::Int8, 2, 8), // IsolationLevel
     F::new(Ty::Array(&Ty::Struct(LIST_OFFSETS_TOPIC)), 1, 8), // Topics
 ];
 
 const METADATA_REQUEST_TOPIC: &[F] = &[
-    F::new(Ty::Uuid, 10, 12),                   // TopicId
+    F::new(Ty::Uuid, 10, 12), // TopicId
     F::new(Ty::String, 0, 12).nullable(10, 12), // Name
 ];
 
@@ -243,50 +124,38 @@ const API_VERSIONS_REQUEST: &[F] = &[
 ];
 
 const CREATE_TOPICS_CREATABLE_REPLICA_ASSIGNMENT: &[F] = &[
-    F::new(Ty::Int32, 2, 7),             // PartitionIndex
+    F::new(Ty::Int32, 2, 7), // PartitionIndex
     F::new(Ty::Array(&Ty::Int32), 2, 7), // BrokerIds
 ];
 
 const CREATE_TOPICS_CREATABLE_TOPIC_CONFIG: &[F] = &[
-    F::new(Ty::String, 2, 7),                // Name
+    F::new(Ty::String, 2, 7), // Name
     F::new(Ty::String, 2, 7).nullable(2, 7), // Value
 ];
 
 const CREATE_TOPICS_CREATABLE_TOPIC: &[F] = &[
     F::new(Ty::String, 2, 7), // Name
-    F::new(Ty::Int32, 2, 7),  // NumPartitions
-    F::new(Ty::Int16, 2, 7),  // ReplicationFactor
-    F::new(
-        Ty::Array(&Ty::Struct(CREATE_TOPICS_CREATABLE_REPLICA_ASSIGNMENT)),
-        2,
-        7,
-    ), // Assignments
-    F::new(
-        Ty::Array(&Ty::Struct(CREATE_TOPICS_CREATABLE_TOPIC_CONFIG)),
-        2,
-        7,
-    ), // Configs
+    F::new(Ty::Int32, 2, 7), // NumPartitions
+    F::new(Ty::Int16, 2, 7), // ReplicationFactor
+    F::new(Ty::Array(&Ty::Struct(CREATE_TOPICS_CREATABLE_REPLICA_ASSIGNMENT)), 2, 7), // Assignments
+    F::new(Ty::Array(&Ty::Struct(CREATE_TOPICS_CREATABLE_TOPIC_CONFIG)), 2, 7), // Configs
 ];
 
 const CREATE_TOPICS_REQUEST: &[F] = &[
     F::new(Ty::Array(&Ty::Struct(CREATE_TOPICS_CREATABLE_TOPIC)), 2, 7), // Topics
-    F::new(Ty::Int32, 2, 7),                                             // timeoutMs
-    F::new(Ty::Bool, 2, 7),                                              // validateOnly
+    F::new(Ty::Int32, 2, 7), // timeoutMs
+    F::new(Ty::Bool, 2, 7), // validateOnly
 ];
 
 const DELETE_TOPICS_DELETE_TOPIC_STATE: &[F] = &[
     F::new(Ty::String, 6, 6).nullable(6, 6), // Name
-    F::new(Ty::Uuid, 6, 6),                  // TopicId
+    F::new(Ty::Uuid, 6, 6), // TopicId
 ];
 
 const DELETE_TOPICS_REQUEST: &[F] = &[
-    F::new(
-        Ty::Array(&Ty::Struct(DELETE_TOPICS_DELETE_TOPIC_STATE)),
-        6,
-        6,
-    ), // Topics
+    F::new(Ty::Array(&Ty::Struct(DELETE_TOPICS_DELETE_TOPIC_STATE)), 6, 6), // Topics
     F::new(Ty::Array(&Ty::String), 1, 5), // TopicNames
-    F::new(Ty::Int32, 1, 6),              // TimeoutMs
+    F::new(Ty::Int32, 1, 6), // TimeoutMs
 ];
 
 const CREATE_PARTITIONS_ASSIGNMENT: &[F] = &[
@@ -295,33 +164,33 @@ const CREATE_PARTITIONS_ASSIGNMENT: &[F] = &[
 
 const CREATE_PARTITIONS_TOPIC: &[F] = &[
     F::new(Ty::String, 0, 3), // Name
-    F::new(Ty::Int32, 0, 3),  // Count
+    F::new(Ty::Int32, 0, 3), // Count
     F::new(Ty::Array(&Ty::Struct(CREATE_PARTITIONS_ASSIGNMENT)), 0, 3).nullable(0, 3), // Assignments
 ];
 
 const CREATE_PARTITIONS_REQUEST: &[F] = &[
     F::new(Ty::Array(&Ty::Struct(CREATE_PARTITIONS_TOPIC)), 0, 3), // Topics
-    F::new(Ty::Int32, 0, 3),                                       // TimeoutMs
-    F::new(Ty::Bool, 0, 3),                                        // ValidateOnly
+    F::new(Ty::Int32, 0, 3), // TimeoutMs
+    F::new(Ty::Bool, 0, 3), // ValidateOnly
 ];
 
 const DESCRIBE_CONFIGS_RESOURCE: &[F] = &[
-    F::new(Ty::Int8, 1, 4),                              // ResourceType
-    F::new(Ty::String, 1, 4),                            // ResourceName
+    F::new(Ty::Int8, 1, 4), // ResourceType
+    F::new(Ty::String, 1, 4), // ResourceName
     F::new(Ty::Array(&Ty::String), 1, 4).nullable(1, 4), // ConfigurationKeys
 ];
 
 const DESCRIBE_CONFIGS_REQUEST: &[F] = &[
     F::new(Ty::Array(&Ty::Struct(DESCRIBE_CONFIGS_RESOURCE)), 1, 4), // Resources
-    F::new(Ty::Bool, 1, 4),                                          // IncludeSynonyms
-    F::new(Ty::Bool, 3, 4),                                          // IncludeDocumentation
+    F::new(Ty::Bool, 1, 4), // IncludeSynonyms
+    F::new(Ty::Bool, 3, 4), // IncludeDocumentation
 ];
 
 const INIT_PRODUCER_ID_REQUEST: &[F] = &[
     F::new(Ty::String, 0, 5).nullable(0, 5), // TransactionalId
-    F::new(Ty::Int32, 0, 5),                 // TransactionTimeoutMs
-    F::new(Ty::Int64, 3, 5),                 // ProducerId
-    F::new(Ty::Int16, 3, 5),                 // ProducerEpoch
+    F::new(Ty::Int32, 0, 5), // TransactionTimeoutMs
+    F::new(Ty::Int64, 3, 5), // ProducerId
+    F::new(Ty::Int16, 3, 5), // ProducerEpoch
 ];
 
 const OFFSET_FOR_LEADER_EPOCH_OFFSET_FOR_LEADER_PARTITION: &[F] = &[
@@ -332,55 +201,45 @@ const OFFSET_FOR_LEADER_EPOCH_OFFSET_FOR_LEADER_PARTITION: &[F] = &[
 
 const OFFSET_FOR_LEADER_EPOCH_OFFSET_FOR_LEADER_TOPIC: &[F] = &[
     F::new(Ty::String, 2, 4), // Topic
-    F::new(
-        Ty::Array(&Ty::Struct(
-            OFFSET_FOR_LEADER_EPOCH_OFFSET_FOR_LEADER_PARTITION,
-        )),
-        2,
-        4,
-    ), // Partitions
+    F::new(Ty::Array(&Ty::Struct(OFFSET_FOR_LEADER_EPOCH_OFFSET_FOR_LEADER_PARTITION)), 2, 4), // Partitions
 ];
 
 const OFFSET_FOR_LEADER_EPOCH_REQUEST: &[F] = &[
     F::new(Ty::Int32, 3, 4), // ReplicaId
-    F::new(
-        Ty::Array(&Ty::Struct(OFFSET_FOR_LEADER_EPOCH_OFFSET_FOR_LEADER_TOPIC)),
-        2,
-        4,
-    ), // Topics
+    F::new(Ty::Array(&Ty::Struct(OFFSET_FOR_LEADER_EPOCH_OFFSET_FOR_LEADER_TOPIC)), 2, 4), // Topics
 ];
 
 const FIND_COORDINATOR_REQUEST: &[F] = &[
-    F::new(Ty::String, 0, 3),             // Key
-    F::new(Ty::Int8, 1, 4),               // KeyType
+    F::new(Ty::String, 0, 3), // Key
+    F::new(Ty::Int8, 1, 4), // KeyType
     F::new(Ty::Array(&Ty::String), 4, 4), // CoordinatorKeys
 ];
 
 const JOIN_GROUP_REQUEST_PROTOCOL: &[F] = &[
     F::new(Ty::String, 0, 9), // Name
-    F::new(Ty::Bytes, 0, 9),  // Metadata
+    F::new(Ty::Bytes, 0, 9), // Metadata
 ];
 
 const JOIN_GROUP_REQUEST: &[F] = &[
-    F::new(Ty::String, 0, 9),                                          // GroupId
-    F::new(Ty::Int32, 0, 9),                                           // SessionTimeoutMs
-    F::new(Ty::Int32, 1, 9),                                           // RebalanceTimeoutMs
-    F::new(Ty::String, 0, 9),                                          // MemberId
-    F::new(Ty::String, 5, 9).nullable(5, 9),                           // GroupInstanceId
-    F::new(Ty::String, 0, 9),                                          // ProtocolType
+    F::new(Ty::String, 0, 9), // GroupId
+    F::new(Ty::Int32, 0, 9), // SessionTimeoutMs
+    F::new(Ty::Int32, 1, 9), // RebalanceTimeoutMs
+    F::new(Ty::String, 0, 9), // MemberId
+    F::new(Ty::String, 5, 9).nullable(5, 9), // GroupInstanceId
+    F::new(Ty::String, 0, 9), // ProtocolType
     F::new(Ty::Array(&Ty::Struct(JOIN_GROUP_REQUEST_PROTOCOL)), 0, 9), // Protocols
-    F::new(Ty::String, 8, 9).nullable(8, 9),                           // Reason
+    F::new(Ty::String, 8, 9).nullable(8, 9), // Reason
 ];
 
 const SYNC_GROUP_REQUEST_ASSIGNMENT: &[F] = &[
     F::new(Ty::String, 0, 5), // MemberId
-    F::new(Ty::Bytes, 0, 5),  // Assignment
+    F::new(Ty::Bytes, 0, 5), // Assignment
 ];
 
 const SYNC_GROUP_REQUEST: &[F] = &[
-    F::new(Ty::String, 0, 5),                // GroupId
-    F::new(Ty::Int32, 0, 5),                 // GenerationId
-    F::new(Ty::String, 0, 5),                // MemberId
+    F::new(Ty::String, 0, 5), // GroupId
+    F::new(Ty::Int32, 0, 5), // GenerationId
+    F::new(Ty::String, 0, 5), // MemberId
     F::new(Ty::String, 3, 5).nullable(3, 5), // GroupInstanceId
     F::new(Ty::String, 5, 5).nullable(5, 5), // ProtocolType
     F::new(Ty::String, 5, 5).nullable(5, 5), // ProtocolName
@@ -388,56 +247,52 @@ const SYNC_GROUP_REQUEST: &[F] = &[
 ];
 
 const HEARTBEAT_REQUEST: &[F] = &[
-    F::new(Ty::String, 0, 4),                // GroupId
-    F::new(Ty::Int32, 0, 4),                 // GenerationId
-    F::new(Ty::String, 0, 4),                // MemberId
+    F::new(Ty::String, 0, 4), // GroupId
+    F::new(Ty::Int32, 0, 4), // GenerationId
+    F::new(Ty::String, 0, 4), // MemberId
     F::new(Ty::String, 3, 4).nullable(3, 4), // GroupInstanceId
 ];
 
 const LEAVE_GROUP_MEMBER_IDENTITY: &[F] = &[
-    F::new(Ty::String, 3, 5),                // MemberId
+    F::new(Ty::String, 3, 5), // MemberId
     F::new(Ty::String, 3, 5).nullable(3, 5), // GroupInstanceId
     F::new(Ty::String, 5, 5).nullable(5, 5), // Reason
 ];
 
 const LEAVE_GROUP_REQUEST: &[F] = &[
-    F::new(Ty::String, 0, 5),                                          // GroupId
-    F::new(Ty::String, 0, 2),                                          // MemberId
+    F::new(Ty::String, 0, 5), // GroupId
+    F::new(Ty::String, 0, 2), // MemberId
     F::new(Ty::Array(&Ty::Struct(LEAVE_GROUP_MEMBER_IDENTITY)), 3, 5), // Members
 ];
 
 const OFFSET_COMMIT_REQUEST_PARTITION: &[F] = &[
-    F::new(Ty::Int32, 2, 8),                 // PartitionIndex
-    F::new(Ty::Int64, 2, 8),                 // CommittedOffset
-    F::new(Ty::Int32, 6, 8),                 // CommittedLeaderEpoch
+    F::new(Ty::Int32, 2, 8), // PartitionIndex
+    F::new(Ty::Int64, 2, 8), // CommittedOffset
+    F::new(Ty::Int32, 6, 8), // CommittedLeaderEpoch
     F::new(Ty::String, 2, 8).nullable(2, 8), // CommittedMetadata
 ];
 
 const OFFSET_COMMIT_REQUEST_TOPIC: &[F] = &[
     F::new(Ty::String, 2, 8), // Name
-    F::new(
-        Ty::Array(&Ty::Struct(OFFSET_COMMIT_REQUEST_PARTITION)),
-        2,
-        8,
-    ), // Partitions
+    F::new(Ty::Array(&Ty::Struct(OFFSET_COMMIT_REQUEST_PARTITION)), 2, 8), // Partitions
 ];
 
 const OFFSET_COMMIT_REQUEST: &[F] = &[
-    F::new(Ty::String, 2, 8),                                          // GroupId
-    F::new(Ty::Int32, 2, 8),                                           // GenerationIdOrMemberEpoch
-    F::new(Ty::String, 2, 8),                                          // MemberId
-    F::new(Ty::String, 7, 8).nullable(7, 8),                           // GroupInstanceId
-    F::new(Ty::Int64, 2, 4),                                           // RetentionTimeMs
+    F::new(Ty::String, 2, 8), // GroupId
+    F::new(Ty::Int32, 2, 8), // GenerationIdOrMemberEpoch
+    F::new(Ty::String, 2, 8), // MemberId
+    F::new(Ty::String, 7, 8).nullable(7, 8), // GroupInstanceId
+    F::new(Ty::Int64, 2, 4), // RetentionTimeMs
     F::new(Ty::Array(&Ty::Struct(OFFSET_COMMIT_REQUEST_TOPIC)), 2, 8), // Topics
 ];
 
 const OFFSET_FETCH_REQUEST_TOPIC: &[F] = &[
-    F::new(Ty::String, 1, 7),            // Name
+    F::new(Ty::String, 1, 7), // Name
     F::new(Ty::Array(&Ty::Int32), 1, 7), // PartitionIndexes
 ];
 
 const OFFSET_FETCH_REQUEST_TOPICS: &[F] = &[
-    F::new(Ty::String, 8, 8),            // Name
+    F::new(Ty::String, 8, 8), // Name
     F::new(Ty::Array(&Ty::Int32), 8, 8), // PartitionIndexes
 ];
 
@@ -450,7 +305,7 @@ const OFFSET_FETCH_REQUEST: &[F] = &[
     F::new(Ty::String, 1, 7), // GroupId
     F::new(Ty::Array(&Ty::Struct(OFFSET_FETCH_REQUEST_TOPIC)), 1, 7).nullable(2, 7), // Topics
     F::new(Ty::Array(&Ty::Struct(OFFSET_FETCH_REQUEST_GROUP)), 8, 8), // Groups
-    F::new(Ty::Bool, 7, 8),   // RequireStable
+    F::new(Ty::Bool, 7, 8), // RequireStable
 ];
 
 const LIST_GROUPS_REQUEST: &[F] = &[
@@ -459,7 +314,7 @@ const LIST_GROUPS_REQUEST: &[F] = &[
 
 const DESCRIBE_GROUPS_REQUEST: &[F] = &[
     F::new(Ty::Array(&Ty::String), 0, 5), // Groups
-    F::new(Ty::Bool, 3, 5),               // IncludeAuthorizedOperations
+    F::new(Ty::Bool, 3, 5), // IncludeAuthorizedOperations
 ];
 
 const DELETE_GROUPS_REQUEST: &[F] = &[
@@ -472,21 +327,17 @@ const OFFSET_DELETE_REQUEST_PARTITION: &[F] = &[
 
 const OFFSET_DELETE_REQUEST_TOPIC: &[F] = &[
     F::new(Ty::String, 0, 0), // Name
-    F::new(
-        Ty::Array(&Ty::Struct(OFFSET_DELETE_REQUEST_PARTITION)),
-        0,
-        0,
-    ), // Partitions
+    F::new(Ty::Array(&Ty::Struct(OFFSET_DELETE_REQUEST_PARTITION)), 0, 0), // Partitions
 ];
 
 const OFFSET_DELETE_REQUEST: &[F] = &[
-    F::new(Ty::String, 0, 0),                                          // GroupId
+    F::new(Ty::String, 0, 0), // GroupId
     F::new(Ty::Array(&Ty::Struct(OFFSET_DELETE_REQUEST_TOPIC)), 0, 0), // Topics
 ];
 
 const REQUEST_HEADER: &[F] = &[
-    F::new(Ty::Int16, 1, 2),                                  // RequestApiKey
-    F::new(Ty::Int16, 1, 2),                                  // RequestApiVersion
-    F::new(Ty::Int32, 1, 2),                                  // CorrelationId
+    F::new(Ty::Int16, 1, 2), // RequestApiKey
+    F::new(Ty::Int16, 1, 2), // RequestApiVersion
+    F::new(Ty::Int32, 1, 2), // CorrelationId
     F::new(Ty::String, 1, 2).nullable(1, 2).never_flexible(), // ClientId
 ];

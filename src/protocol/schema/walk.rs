@@ -88,12 +88,22 @@ struct Cx {
 }
 
 fn walk_struct(r: &mut Reader<'_>, fields: &[Field], cx: Cx) -> Result<()> {
+    // Runs of fixed-width fields are skipped in one step.
+    let mut fixed = 0;
     for f in fields {
-        if f.tag.is_none() && f.versions.contains(cx.version) {
-            let compact = cx.flexible && !f.never_flexible;
-            walk_value(r, f.ty, f.nullable.contains(cx.version), compact, cx)?;
+        if f.tag.is_some() || !f.versions.contains(cx.version) {
+            continue;
         }
+        if let Some(n) = f.ty.fixed_bytes() {
+            fixed += n;
+            continue;
+        }
+        r.skip(fixed)?;
+        fixed = 0;
+        let compact = cx.flexible && !f.never_flexible;
+        walk_value(r, f.ty, f.nullable.contains(cx.version), compact, cx)?;
     }
+    r.skip(fixed)?;
     if cx.flexible {
         walk_tagged_fields(r, fields, cx)?;
     }
@@ -126,16 +136,41 @@ fn walk_value(r: &mut Reader<'_>, ty: Ty, nullable: bool, compact: bool, cx: Cx)
                 r.i32_len()?
             };
             match count {
-                // Every element is at least one byte on the wire (a unit test
-                // checks the table), so each one walked moves forward.
-                Some(count) => {
-                    (0..count).try_for_each(|_| walk_value(r, *elem, false, compact, cx))
-                }
+                Some(count) => walk_elements(r, *elem, count, compact, cx),
                 None => null(nullable, at),
             }
         }
         _ => unreachable!("fixed-width types returned above"),
     }
+}
+
+/// The elements of an array. Every element is at least one byte on the wire
+/// (a unit test checks the table), so each one walked moves forward; those
+/// of a fixed width (scalars, structs of fixed-width fields) are skipped
+/// together, but for the tagged fields each element of a flexible struct ends with.
+fn walk_elements(r: &mut Reader<'_>, elem: Ty, count: usize, compact: bool, cx: Cx) -> Result<()> {
+    let fixed = match elem {
+        Ty::Struct(fields) => fixed_struct_bytes(fields, cx),
+        ty => ty.fixed_bytes(),
+    };
+    match (fixed, elem) {
+        (Some(n), Ty::Struct(fields)) if cx.flexible => (0..count).try_for_each(|_| {
+            r.skip(n)?;
+            walk_tagged_fields(r, fields, cx)
+        }),
+        // count <= remaining bytes, so the product cannot overflow.
+        (Some(n), _) => r.skip(count * n),
+        (None, _) => (0..count).try_for_each(|_| walk_value(r, elem, false, compact, cx)),
+    }
+}
+
+/// Bytes of a struct's regular fields in this version if all are fixed-width.
+fn fixed_struct_bytes(fields: &[Field], cx: Cx) -> Option<usize> {
+    fields
+        .iter()
+        .filter(|f| f.tag.is_none() && f.versions.contains(cx.version))
+        .map(|f| f.ty.fixed_bytes())
+        .sum()
 }
 
 fn null(nullable: bool, at: usize) -> Result<()> {

@@ -145,3 +145,23 @@ def test_broker_keeps_serving_and_its_memory_after_rounds_of_hostile_requests(br
     assert [m.value() for m in got] == [f"v{i}".encode() for i in range(40)]
     growth = rss_kb(broker.proc.pid) - rss_before
     assert growth < RSS_GROWTH_LIMIT_KB, f"RSS grew by {growth} KiB"
+
+
+def test_metadata_answers_a_repeated_topic_once(broker):
+    write_some(broker.bootstrap, "intact", 1)
+    names = struct.pack(">i", 3) + string(b"intact") * 2 + string(b"missing")
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as s:
+        s.sendall(frame(3, 1, 5, names))
+        resp = read_frame(s)
+    at = 4
+    (brokers,) = struct.unpack_from(">i", resp, at)
+    at += 4
+    for _ in range(brokers):
+        at += 4                                                   # node id
+        at += 2 + struct.unpack_from(">h", resp, at)[0]           # host
+        at += 4                                                   # port
+        rack = struct.unpack_from(">h", resp, at)[0]
+        at += 2 + max(rack, 0)
+    at += 4                                                       # controller id
+    (topics,) = struct.unpack_from(">i", resp, at)
+    assert topics == 2

@@ -3,8 +3,20 @@
 //! panic or on a peak allocation above the target's bound.
 //!
 //! A target is a decoder with seeds and a bound (see [`Target`]); adding
-//! one (record batches, say) is a struct implementing the trait and a
-//! `#[test] fn` calling [`fuzz`].
+//! one is a struct implementing the trait and a `#[test] fn` calling
+//! [`fuzz`]. Record batch validation, for instance, would be:
+//!
+//! ```ignore
+//! struct Batches;
+//! impl Target for Batches {
+//!     fn name(&self) -> &'static str { "batches" }
+//!     fn seeds(&self, _: &mut Rng) -> Vec<Vec<u8>> { vec![typed::batch(5, 100).to_vec()] }
+//!     fn run(&self, input: Bytes) -> bool { validate_batch(&input, 1 << 20).is_ok() }
+//!     fn alloc_bound(&self, len: usize) -> usize { 2 * len + 4096 }
+//! }
+//! #[test]
+//! fn fuzz_batches() { fuzz::fuzz(&Batches); }
+//! ```
 //!
 //! Environment: `RINGTAIL_FUZZ_SECONDS` (per target; default
 //! [`DEFAULT_SECONDS`], for CI), `RINGTAIL_FUZZ_SEED` (default: from the

@@ -12,6 +12,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 mod producer_id;
+pub mod schema;
 mod topics;
 
 use std::rc::Rc;
@@ -68,6 +69,14 @@ pub enum ProtocolError {
     UnsupportedVersion(ApiKey, i16),
     #[error("malformed {0:?} request: {1}")]
     Malformed(ApiKey, String),
+    #[error("request frame of {0} bytes is too short for an API key and version")]
+    ShortFrame(usize),
+    #[error("malformed {api_key:?} v{version} request refused before decoding: {source}")]
+    OutOfBounds {
+        api_key: ApiKey,
+        version: i16,
+        source: schema::BoundsError,
+    },
 }
 
 /// A request read off a connection, decoded on the connection's shard.
@@ -81,8 +90,13 @@ pub struct Decoded {
 }
 
 /// Decodes one request frame (without its length prefix). An error closes
-/// the connection, as Kafka does.
+/// the connection, as Kafka does. Every frame is first walked against the
+/// request's schema (`schema::check_request`) so the codec only ever sees
+/// counts and lengths that fit in the frame.
 pub fn decode(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
+    if frame.len() < 4 {
+        return Err(ProtocolError::ShortFrame(frame.len()));
+    }
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let api_key = ApiKey::try_from(raw_key).map_err(|_| ProtocolError::UnknownApiKey(raw_key))?;
@@ -90,9 +104,18 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
         return Err(ProtocolError::UnsupportedVersion(api_key, version));
     };
     let malformed = |e: anyhow::Error| ProtocolError::Malformed(api_key, e.to_string());
+    let refused = |source: schema::BoundsError| {
+        tracing::warn!(?api_key, version, error = %source, "malformed request refused");
+        ProtocolError::OutOfBounds {
+            api_key,
+            version,
+            source,
+        }
+    };
     if api_key == ApiKey::ApiVersions && !(min..=max).contains(&version) {
         // Kafka parses the header of an unknown ApiVersions version as v1
         // (no tagged fields) so it can answer with its supported versions.
+        schema::check_header(&frame, 1).map_err(refused)?;
         let header = RequestHeader::decode(&mut frame, 1).map_err(malformed)?;
         return Ok(Decoded {
             api_key,
@@ -104,8 +127,9 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
     if !(min..=max).contains(&version) {
         return Err(ProtocolError::UnsupportedVersion(api_key, version));
     }
-    let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
-        .map_err(malformed)?;
+    let header_version = api_key.request_header_version(version);
+    schema::check_request(&frame, header_version).map_err(refused)?;
+    let header = RequestHeader::decode(&mut frame, header_version).map_err(malformed)?;
     let request = RequestKind::decode(api_key, &mut frame, version).map_err(malformed)?;
     Ok(Decoded {
         api_key,

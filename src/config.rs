@@ -14,6 +14,16 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
 /// Largest record batch accepted in a produce (Kafka's `message.max.bytes`).
 /// Larger than Kafka's 1 MiB + 12 so 1 MiB values work without tuning.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest size the records of one compressed batch may decompress to.
+/// Produce validation reads every compressed batch's records through its
+/// codec (as Kafka's LogValidator does) and stops once this many bytes came
+/// out, refusing the batch (INVALID_RECORD): a decompression bomb costs at
+/// most this much work, and memory stays at the codec's window (raw snappy
+/// alone decompresses its one block whole, up to this size). Readers of
+/// stored batches (ListOffsets by time, group loading) use the same cap.
+/// 16 times the largest batch covers real compression ratios (text and
+/// JSON compress 3-10x); Kafka has no such cap.
+pub const DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// Segment roll size (Kafka's `segment.bytes`).
 pub const DEFAULT_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
 /// Bytes of log between two sparse index entries (Kafka's `index.interval.bytes`).
@@ -86,6 +96,12 @@ const PAGE: usize = 4096;
 const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES >= 16 * PAGE);
 const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES.is_multiple_of(PAGE));
 const _: () = assert!(DEFAULT_MAX_MESSAGE_BYTES < DEFAULT_MAX_REQUEST_BYTES);
+// A batch accepted uncompressed is accepted compressed too.
+const _: () = assert!(DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES >= DEFAULT_MAX_MESSAGE_BYTES);
+const _: () = assert!(DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES <= MAX_DECOMPRESSED_BATCH_BYTES_LIMIT);
+/// Ceiling for `max_decompressed_batch_bytes`: record offsets and sizes
+/// inside a batch are 32-bit.
+pub const MAX_DECOMPRESSED_BATCH_BYTES_LIMIT: usize = i32::MAX as usize;
 const _: () = assert!(DEFAULT_SEGMENT_BYTES <= u32::MAX as u64);
 const _: () = assert!(MIN_PREALLOCATE_STEP_BYTES <= PREALLOCATE_STEP_BYTES);
 const _: () = assert!(MIN_PREALLOCATE_STEP_BYTES.is_multiple_of(PAGE as u64));
@@ -135,6 +151,7 @@ pub struct Config {
     pub default_partitions: i32,
     pub max_request_bytes: usize,
     pub max_message_bytes: usize,
+    pub max_decompressed_batch_bytes: usize,
     pub segment_bytes: u64,
     pub index_interval_bytes: u32,
     pub write_buffer_bytes: usize,
@@ -170,6 +187,7 @@ impl Default for Config {
             default_partitions: 1,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_decompressed_batch_bytes: DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
@@ -229,6 +247,13 @@ impl Config {
         }
         if self.max_message_bytes >= self.max_request_bytes {
             return bad("max_message_bytes must be below max_request_bytes".into());
+        }
+        if self.max_decompressed_batch_bytes < self.max_message_bytes
+            || self.max_decompressed_batch_bytes > MAX_DECOMPRESSED_BATCH_BYTES_LIMIT
+        {
+            return bad(format!(
+                "max_decompressed_batch_bytes must be in max_message_bytes..={MAX_DECOMPRESSED_BATCH_BYTES_LIMIT}"
+            ));
         }
         if self.default_partitions < 1 || self.default_partitions > MAX_PARTITIONS_PER_TOPIC {
             return bad("default_partitions out of range".into());

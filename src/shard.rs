@@ -183,6 +183,7 @@ impl Shard {
             index_interval_bytes: self.config.index_interval_bytes as u64,
             write_buffer_bytes: self.config.write_buffer_bytes,
             max_batch_bytes: self.config.max_message_bytes,
+            max_decompressed_batch_bytes: self.config.max_decompressed_batch_bytes,
             preallocate: self.config.preallocate,
         }
     }

@@ -68,6 +68,8 @@ pub struct LogConfig {
     pub index_interval_bytes: u64,
     pub write_buffer_bytes: usize,
     pub max_batch_bytes: usize,
+    /// Cap on a compressed batch's records when they are read.
+    pub max_decompressed_batch_bytes: usize,
     pub preallocate: bool,
 }
 
@@ -443,6 +445,7 @@ mod tests {
             index_interval_bytes: 1024,
             write_buffer_bytes: 64 * 1024,
             max_batch_bytes: 1 << 20,
+            max_decompressed_batch_bytes: 16 << 20,
             preallocate: true,
         }
     }

@@ -25,7 +25,7 @@ use crate::log::segment::PendingWrite;
 use crate::log::space::SpaceGuard;
 use crate::log::{read_batches, Log, LogConfig, LogError};
 use crate::producer_state::{ProducerStates, SequenceCheck};
-use crate::record::{self, BatchError, BatchHeader, RecordSet, RecordSetBuilder};
+use crate::record::{self, BatchError, BatchHeader, BatchLimits, RecordSet, RecordSetBuilder};
 
 #[derive(Debug, Error)]
 pub enum PartitionError {
@@ -166,7 +166,7 @@ pub struct Partition {
     /// The shard's free-space guard.
     space: Rc<SpaceGuard>,
     dirty: Cell<bool>,
-    max_batch_bytes: usize,
+    batch_limits: BatchLimits,
     /// Flush policy group commit: the high watermark (and acks) move only
     /// after an fdatasync; otherwise after the write.
     group_commit: bool,
@@ -190,7 +190,10 @@ impl Partition {
         let dir = data_dir.join(format!("{topic}-{index}"));
         let fresh = !dir.exists();
         let mut producers = ProducerStates::new(MAX_PRODUCERS);
-        let max_batch_bytes = config.max_batch_bytes;
+        let batch_limits = BatchLimits {
+            max_batch_bytes: config.max_batch_bytes,
+            max_decompressed_bytes: config.max_decompressed_batch_bytes,
+        };
         let log = Log::open(dir.clone(), config, |h| producers.record(h)).await?;
         if fresh {
             write_leader_epoch_checkpoint(&dir).map_err(|e| LogError::io("write", &dir, e))?;
@@ -216,7 +219,7 @@ impl Partition {
             budget,
             space,
             dirty: Cell::new(false),
-            max_batch_bytes,
+            batch_limits,
             group_commit,
         }))
     }
@@ -241,7 +244,7 @@ impl Partition {
         self.stalled.borrow().is_some()
     }
 
-    /// Validates, de-duplicates and appends the batches of one produce, then
+    /// Validates, de-duplicates and appends the batch of one produce, then
     /// (unless `acks == 0`) waits until the flusher made them durable.
     /// `mark_dirty` tells the shard's flusher this partition has new data.
     /// Refused (NoSpace) while the file system is below its free-space
@@ -258,7 +261,9 @@ impl Partition {
         if self.space.is_full() || self.is_stalled() {
             return Err(PartitionError::NoSpace);
         }
-        let sizes = record::split_batches(&records, self.max_batch_bytes)?;
+        // Every record is checked before anything is appended: a refused
+        // produce stores nothing.
+        let produced = record::validate_produce(&records, &self.batch_limits)?;
         let _permit = self
             .append_lock
             .acquire_permit(1)
@@ -267,34 +272,27 @@ impl Partition {
         if self.deleted.get() {
             return Err(PartitionError::Deleted);
         }
-        let mut batch_bytes = BytesMut::from(&records[..]);
-        let mut first_base = None;
-        let mut last_offset = None;
-        let mut at = 0;
-        for size in sizes {
-            let batch = batch_bytes.split_to(size);
-            at += size;
-            let header = BatchHeader::parse(&batch)?;
-            if header.producer_id() >= 0 {
-                match self.producers.borrow().check(&header) {
-                    SequenceCheck::Append => {}
-                    SequenceCheck::Duplicate { base_offset } => {
-                        first_base.get_or_insert(base_offset);
-                        continue;
-                    }
-                    SequenceCheck::OutOfOrder => return Err(PartitionError::OutOfOrderSequence),
-                    SequenceCheck::InvalidEpoch => {
-                        return Err(PartitionError::InvalidProducerEpoch)
-                    }
-                }
+        let mut batch = BytesMut::from(&records[..produced.size]);
+        record::normalize_header(&mut batch, &produced);
+        let header = BatchHeader::parse(&batch)?;
+        let duplicate = if header.producer_id() >= 0 {
+            match self.producers.borrow().check(&header) {
+                SequenceCheck::Append => None,
+                SequenceCheck::Duplicate { base_offset } => Some(base_offset),
+                SequenceCheck::OutOfOrder => return Err(PartitionError::OutOfOrderSequence),
+                SequenceCheck::InvalidEpoch => return Err(PartitionError::InvalidProducerEpoch),
             }
-            let (base, last) = self.append_one(batch).await?;
-            first_base.get_or_insert(base);
-            last_offset = Some(last);
-        }
-        debug_assert_eq!(at, records.len());
+        } else {
+            None
+        };
+        let (base_offset, last_offset) = match duplicate {
+            Some(base_offset) => (base_offset, None),
+            None => {
+                let (base, last) = self.append_one(batch).await?;
+                (base, Some(last))
+            }
+        };
         drop(_permit);
-        let base_offset = first_base.expect("at least one batch");
         if let Some(last) = last_offset {
             let waiter = wait.then(|| self.register_durable(last + 1));
             if !self.dirty.replace(true) {
@@ -307,7 +305,7 @@ impl Partition {
                 }
             }
         } else if wait {
-            // Every batch was a duplicate: answer once the originals are durable.
+            // A duplicate: answer once the original is durable.
             let hw_target = self.log_end_offset();
             if self.high_watermark.get() < hw_target {
                 let rx = self.register_durable(hw_target);
@@ -455,9 +453,8 @@ impl Partition {
                 };
                 let batch = rest.split_to(size);
                 if max_ts >= timestamp {
-                    let positions = record::record_positions(&batch)?;
-                    if let Some(p) = positions
-                        .iter()
+                    let limit = self.batch_limits.max_decompressed_bytes;
+                    if let Some(p) = record::record_positions(&batch, limit)
                         .find(|p| p.timestamp >= timestamp && p.offset >= cursor)
                     {
                         return Ok(Some((p.offset, p.timestamp)));
@@ -571,6 +568,7 @@ mod tests {
             index_interval_bytes: 4096,
             write_buffer_bytes: 64 * 1024,
             max_batch_bytes: 1 << 20,
+            max_decompressed_batch_bytes: 16 << 20,
             preallocate: true,
         }
     }

@@ -350,9 +350,7 @@ fn encode_response(
 /// batches at once.
 pub fn partition_error_code(e: &PartitionError) -> ResponseError {
     match e {
-        PartitionError::Batch(BatchError::BadCrc { .. }) => ResponseError::CorruptMessage,
-        PartitionError::Batch(BatchError::TooLarge(_)) => ResponseError::MessageTooLarge,
-        PartitionError::Batch(_) => ResponseError::InvalidRecord,
+        PartitionError::Batch(b) => batch_error_code(b),
         PartitionError::Log(crate::log::LogError::OffsetOutOfRange(_)) => {
             ResponseError::OffsetOutOfRange
         }
@@ -363,6 +361,30 @@ pub fn partition_error_code(e: &PartitionError) -> ResponseError {
         PartitionError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch,
         PartitionError::OffsetOutOfRange(_) => ResponseError::OffsetOutOfRange,
         PartitionError::Deleted => ResponseError::UnknownTopicOrPartition,
+    }
+}
+
+/// The code Kafka answers a refused batch with: CORRUPT_MESSAGE where its
+/// framing, CRC or compressed payload is damaged (Kafka itself answers
+/// UNKNOWN_SERVER_ERROR for a payload its codec cannot read; the batch, not
+/// the broker, is at fault), INVALID_RECORD for what Kafka's LogValidator
+/// refuses, and the specific codes for size, codec and timestamps.
+fn batch_error_code(e: &BatchError) -> ResponseError {
+    match e {
+        BatchError::BadCrc { .. }
+        | BatchError::BadLength(_)
+        | BatchError::CorruptCompressed { .. } => ResponseError::CorruptMessage,
+        // Kafka refuses magic 0 and 1 in a v3+ produce as invalid, and
+        // any other magic as corrupt.
+        BatchError::BadMagic(0 | 1) => ResponseError::InvalidRecord,
+        BatchError::BadMagic(_) => ResponseError::CorruptMessage,
+        BatchError::TooLarge(_) => ResponseError::MessageTooLarge,
+        BatchError::UnsupportedCompression(_) => ResponseError::UnsupportedCompressionType,
+        BatchError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp,
+        BatchError::Truncated(_)
+        | BatchError::Invalid(_)
+        | BatchError::DecompressedTooLarge { .. }
+        | BatchError::BadRecord { .. } => ResponseError::InvalidRecord,
     }
 }
 

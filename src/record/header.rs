@@ -1,51 +1,34 @@
-//! Record batch (magic v2) header view: validation, offset assignment in place,
-//! and record iteration for the rare paths that need single records.
-//!
-//! Pure functions over byte slices; any shard may call them. The produce hot
-//! path reads the 61-byte header, checks the CRC32C and patches the base offset
-//! and leader epoch (neither is covered by the CRC), never decoding records.
+//! The 61-byte v2 batch header: a borrowed view of its fields, the framing
+//! and CRC32C check used on produce and by recovery, and the in-place writes
+//! that give a batch its place in the log.
 
-use bytes::{Buf, Bytes, BytesMut};
-use thiserror::Error;
+use super::BatchError;
 
 /// Size of the v2 batch header up to the first record.
 pub const BATCH_HEADER_BYTES: usize = 61;
 /// Bytes before `batch_length` counts: base offset (8) and the length itself (4).
 pub const LOG_OVERHEAD: usize = 12;
+/// Timestamp of a record or batch that has none (Kafka's NO_TIMESTAMP).
+pub const NO_TIMESTAMP: i64 = -1;
 
 const BASE_OFFSET: usize = 0;
 const BATCH_LENGTH: usize = 8;
 const PARTITION_LEADER_EPOCH: usize = 12;
-const MAGIC: usize = 16;
+pub(super) const MAGIC: usize = 16;
 const CRC: usize = 17;
-const ATTRIBUTES: usize = 21;
+pub(super) const ATTRIBUTES: usize = 21;
 const LAST_OFFSET_DELTA: usize = 23;
 const BASE_TIMESTAMP: usize = 27;
 const MAX_TIMESTAMP: usize = 35;
 const PRODUCER_ID: usize = 43;
 const PRODUCER_EPOCH: usize = 51;
-const BASE_SEQUENCE: usize = 53;
-const RECORDS_COUNT: usize = 57;
+pub(super) const BASE_SEQUENCE: usize = 53;
+pub(super) const RECORDS_COUNT: usize = 57;
 
 const ATTR_COMPRESSION_MASK: i16 = 0x07;
+pub(super) const ATTR_LOG_APPEND_TIME: i16 = 0x08;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
 const ATTR_CONTROL: i16 = 0x20;
-
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum BatchError {
-    #[error("record batch truncated: {0} bytes left")]
-    Truncated(usize),
-    #[error("record batch magic {0} is not 2")]
-    BadMagic(i8),
-    #[error("record batch length {0} is invalid")]
-    BadLength(i32),
-    #[error("record batch CRC mismatch: stored {stored:#x}, computed {computed:#x}")]
-    BadCrc { stored: u32, computed: u32 },
-    #[error("record batch of {0} bytes is above the limit")]
-    TooLarge(usize),
-    #[error("record batch header is inconsistent: {0}")]
-    Invalid(&'static str),
-}
 
 /// A borrowed view of one batch's header.
 #[derive(Clone, Copy)]
@@ -82,6 +65,14 @@ impl<'a> BatchHeader<'a> {
     pub fn total_size(&self) -> usize {
         LOG_OVERHEAD + self.batch_length().max(0) as usize
     }
+    /// The records (compressed or not) that follow the header, as far as
+    /// the viewed bytes hold them.
+    pub fn records_bytes(&self) -> &'a [u8] {
+        let end = self
+            .total_size()
+            .clamp(BATCH_HEADER_BYTES, self.bytes.len());
+        &self.bytes[BATCH_HEADER_BYTES..end]
+    }
     pub fn partition_leader_epoch(&self) -> i32 {
         be_i32(self.bytes, PARTITION_LEADER_EPOCH)
     }
@@ -96,6 +87,11 @@ impl<'a> BatchHeader<'a> {
     }
     pub fn compression_codec(&self) -> i16 {
         self.attributes() & ATTR_COMPRESSION_MASK
+    }
+    /// The timestamp type bit: the batch's records all carry the batch's
+    /// max timestamp (LogAppendTime) instead of their own (CreateTime).
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes() & ATTR_LOG_APPEND_TIME != 0
     }
     pub fn is_transactional(&self) -> bool {
         self.attributes() & ATTR_TRANSACTIONAL != 0
@@ -139,7 +135,8 @@ impl<'a> BatchHeader<'a> {
 }
 
 /// Checks that `bytes` starts with one complete, intact v2 batch and returns
-/// its size. Used both on produce and by recovery.
+/// its size: framing, magic and CRC32C, not the records. Used both on
+/// produce and by recovery.
 pub fn validate_batch(bytes: &[u8], max_batch_bytes: usize) -> Result<usize, BatchError> {
     let header = BatchHeader::parse(bytes)?;
     let length = header.batch_length();
@@ -166,31 +163,20 @@ pub fn validate_batch(bytes: &[u8], max_batch_bytes: usize) -> Result<usize, Bat
     Ok(size)
 }
 
-/// Extra checks for batches coming from producers (not from our own log).
-pub fn validate_produced(header: &BatchHeader) -> Result<(), BatchError> {
-    if header.is_control() {
-        return Err(BatchError::Invalid(
-            "producers may not write control batches",
-        ));
-    }
-    if header.compression_codec() > 4 {
-        return Err(BatchError::Invalid("unknown compression codec"));
-    }
-    let count = header.records_count();
-    if count < 1 || header.last_offset_delta() != count - 1 {
-        return Err(BatchError::Invalid(
-            "records count and last offset delta disagree",
-        ));
-    }
-    Ok(())
-}
-
 /// Assigns the batch its place in the log: base offset and leader epoch are
 /// written in place. The CRC covers neither, so it stays valid.
 pub fn assign_offsets(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
     batch[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4]
         .copy_from_slice(&leader_epoch.to_be_bytes());
+}
+
+/// Writes the CRC32C of everything after it (the batch is `batch_length`
+/// long, or as long as the slice if shorter).
+fn update_crc(batch: &mut [u8]) {
+    let size = (LOG_OVERHEAD + be_i32(batch, BATCH_LENGTH).max(0) as usize).min(batch.len());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES..size]);
+    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Moves a batch's timestamps so that its first record is at `base_timestamp`
@@ -202,196 +188,24 @@ pub fn set_timestamps(batch: &mut [u8], base_timestamp: i64) {
     batch[BASE_TIMESTAMP..BASE_TIMESTAMP + 8].copy_from_slice(&base_timestamp.to_be_bytes());
     let new_max = base_timestamp + (max - old_base);
     batch[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&new_max.to_be_bytes());
-    let size = (LOG_OVERHEAD + be_i32(batch, BATCH_LENGTH) as usize).min(batch.len());
-    let crc = crc32c::crc32c(&batch[ATTRIBUTES..size]);
-    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    update_crc(batch);
 }
 
-/// Splits a produce request's record set into whole batches, validating each.
-pub fn split_batches(mut records: &[u8], max_batch_bytes: usize) -> Result<Vec<usize>, BatchError> {
-    let mut sizes = Vec::new();
-    if records.is_empty() {
-        return Err(BatchError::Invalid("empty record set"));
-    }
-    while !records.is_empty() {
-        let size = validate_batch(records, max_batch_bytes)?;
-        validate_produced(&BatchHeader::parse(records)?)?;
-        sizes.push(size);
-        records = &records[size..];
-    }
-    Ok(sizes)
-}
-
-/// One record's offset and timestamp, for lookups by time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordPosition {
-    pub offset: i64,
-    pub timestamp: i64,
-}
-
-/// Decodes (and decompresses) one batch and lists its records' offsets and
-/// timestamps. Slow path: ListOffsets by timestamp only.
-pub fn record_positions(batch: &Bytes) -> Result<Vec<RecordPosition>, BatchError> {
-    let mut buf = batch.clone();
-    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf)
-        .map_err(|_| BatchError::Invalid("records could not be decoded"))?;
-    let _ = buf.remaining();
-    Ok(set
-        .records
-        .iter()
-        .map(|r| RecordPosition {
-            offset: r.offset,
-            timestamp: r.timestamp,
-        })
-        .collect())
-}
-
-/// Batches smaller than this are copied together when a fetch response is
-/// assembled, so a response of many small batches stays a few parts.
-pub const COALESCE_BATCH_BYTES: usize = 16 * 1024;
-
-/// Whole record batches for a fetch response, kept as the shared buffers
-/// they were cached or read into: the response is written from them without
-/// another copy.
-#[derive(Debug, Clone, Default)]
-pub struct RecordSet {
-    parts: Vec<Bytes>,
-    len: usize,
-}
-
-impl RecordSet {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn parts(&self) -> &[Bytes] {
-        &self.parts
-    }
-
-    /// The batches as one buffer (copies unless there is a single part).
-    pub fn to_bytes(&self) -> Bytes {
-        match self.parts.as_slice() {
-            [] => Bytes::new(),
-            [one] => one.clone(),
-            many => {
-                let mut out = BytesMut::with_capacity(self.len);
-                for p in many {
-                    out.extend_from_slice(p);
-                }
-                out.freeze()
-            }
-        }
-    }
-}
-
-impl From<Bytes> for RecordSet {
-    fn from(b: Bytes) -> RecordSet {
-        let mut builder = RecordSetBuilder::default();
-        builder.push(b);
-        builder.finish()
-    }
-}
-
-/// Collects batches into a [`RecordSet`]: large ones by reference, small
-/// ones copied into a shared buffer.
-#[derive(Debug, Default)]
-pub struct RecordSetBuilder {
-    parts: Vec<Bytes>,
-    small: BytesMut,
-    len: usize,
-}
-
-impl RecordSetBuilder {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Adds a shared buffer, by reference unless it is small.
-    pub fn push(&mut self, b: Bytes) {
-        self.len += b.len();
-        if b.len() < COALESCE_BATCH_BYTES {
-            self.small.extend_from_slice(&b);
-        } else if !b.is_empty() {
-            self.flush_small();
-            self.parts.push(b);
-        }
-    }
-
-    /// Adds bytes from a buffer that is not kept (one copy).
-    pub fn push_slice(&mut self, b: &[u8]) {
-        if b.len() < COALESCE_BATCH_BYTES {
-            self.small.extend_from_slice(b);
-        } else {
-            self.flush_small();
-            self.parts.push(Bytes::copy_from_slice(b));
-        }
-        self.len += b.len();
-    }
-
-    fn flush_small(&mut self) {
-        if !self.small.is_empty() {
-            self.parts.push(self.small.split().freeze());
-        }
-    }
-
-    pub fn finish(mut self) -> RecordSet {
-        self.flush_small();
-        RecordSet {
-            parts: self.parts,
-            len: self.len,
-        }
-    }
+/// Makes the batch a CreateTime batch whose max timestamp is
+/// `max_timestamp`, recomputing the CRC, as Kafka's LogValidator rewrites a
+/// produced batch whose header disagrees with its records.
+pub(super) fn set_create_time(batch: &mut [u8], max_timestamp: i64) {
+    let attributes = be_i16(batch, ATTRIBUTES) & !ATTR_LOG_APPEND_TIME;
+    batch[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&max_timestamp.to_be_bytes());
+    update_crc(batch);
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
-    use bytes::BytesMut;
-    use kafka_protocol::protocol::StrBytes;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
-
-    /// Builds a producer-style batch of `n` records with the given compression.
-    pub fn make_batch(n: usize, compression: Compression, base_ts: i64) -> BytesMut {
-        let records: Vec<Record> = (0..n)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: i as i32,
-                timestamp: base_ts + i as i64,
-                key: Some(Bytes::from(format!("k{i}"))),
-                value: Some(Bytes::from(vec![b'v'; 100])),
-                headers: [(
-                    StrBytes::from_static_str("h"),
-                    Some(Bytes::from_static(b"x")),
-                )]
-                .into_iter()
-                .collect(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        let options = RecordEncodeOptions {
-            version: 2,
-            compression,
-        };
-        RecordBatchEncoder::encode(&mut buf, &records, &options).expect("encode");
-        buf
-    }
+    use crate::record::tests::make_batch;
+    use kafka_protocol::records::Compression;
 
     #[test]
     fn valid_batch_passes_and_reports_header() {
@@ -402,7 +216,8 @@ pub mod tests {
         assert_eq!(h.records_count(), 5);
         assert_eq!(h.last_offset_delta(), 4);
         assert_eq!(h.max_timestamp(), 1004);
-        validate_produced(&h).unwrap();
+        assert_eq!(h.records_bytes().len(), batch.len() - BATCH_HEADER_BYTES);
+        assert!(!h.is_log_append_time());
     }
 
     #[test]
@@ -452,19 +267,6 @@ pub mod tests {
         assert_eq!(h.base_offset(), 1234);
         assert_eq!(h.last_offset(), 1237);
         assert_eq!(h.partition_leader_epoch(), 7);
-        let positions = record_positions(&batch.freeze()).unwrap();
-        assert_eq!(
-            positions.iter().map(|p| p.offset).collect::<Vec<_>>(),
-            vec![1234, 1235, 1236, 1237]
-        );
-    }
-
-    #[test]
-    fn split_finds_every_batch() {
-        let mut all = make_batch(2, Compression::None, 0);
-        all.extend_from_slice(&make_batch(3, Compression::Snappy, 0));
-        assert_eq!(split_batches(&all, 1 << 20).unwrap().len(), 2);
-        assert!(split_batches(&[], 1 << 20).is_err());
     }
 
     proptest::proptest! {
@@ -476,7 +278,6 @@ pub mod tests {
                 let h = BatchHeader::parse(&bytes).unwrap();
                 proptest::prop_assert_eq!(crc32c::crc32c(&bytes[ATTRIBUTES..h.total_size()]), h.crc());
             }
-            let _ = split_batches(&bytes, 1 << 20);
         }
 
         #[test]
@@ -510,18 +311,14 @@ pub mod tests {
     }
 
     #[test]
-    fn record_sets_keep_large_parts_and_coalesce_small_ones() {
-        let mut b = RecordSetBuilder::default();
-        b.push(Bytes::from(vec![1u8; 10]));
-        b.push(Bytes::from(vec![2u8; 20]));
-        b.push(Bytes::from(vec![3u8; COALESCE_BATCH_BYTES]));
-        b.push_slice(&[4u8; 5]);
-        let set = b.finish();
-        assert_eq!(set.len(), 35 + COALESCE_BATCH_BYTES);
-        let lens: Vec<usize> = set.parts().iter().map(Bytes::len).collect();
-        assert_eq!(lens, vec![30, COALESCE_BATCH_BYTES, 5]);
-        let all = set.to_bytes();
-        assert_eq!(&all[..10], &[1u8; 10]);
-        assert_eq!(all[all.len() - 1], 4);
+    fn set_create_time_clears_the_type_bit_and_keeps_the_crc_valid() {
+        let mut batch = make_batch(2, Compression::None, 100);
+        let attributes = (ATTR_LOG_APPEND_TIME).to_be_bytes();
+        batch[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes);
+        set_create_time(&mut batch, 555);
+        let h = BatchHeader::parse(&batch).unwrap();
+        assert!(!h.is_log_append_time());
+        assert_eq!(h.max_timestamp(), 555);
+        validate_batch(&batch, 1 << 20).unwrap();
     }
 }

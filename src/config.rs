@@ -80,6 +80,16 @@ pub const FRAME_POOL_MAX_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// fills, up to the frame's length: a connection announcing 100 MiB and
 /// sending 10 bytes costs 16 KiB, 2,000 of them 32 MiB.
 pub const FRAME_FIRST_READ_BYTES: usize = 16 * 1024;
+/// Allocations of this size or more get their own mapping from the system
+/// allocator (glibc's M_MMAP_THRESHOLD, fixed here), so memory freed when a
+/// burst of fetch responses or large frames is over goes back to the
+/// system at once. glibc's default starts at 128 KiB but rises to the size
+/// of each large block freed (up to 32 MiB), after which such blocks come
+/// from the heap and stay resident once freed. 1 MiB: smaller blocks (most
+/// batches, produce frames) keep the heap's reuse; larger ones (reads from
+/// the device for big fetches; large frames, which the frame pool keeps
+/// anyway) pay a mapping and its page faults.
+pub const MALLOC_MMAP_THRESHOLD_BYTES: usize = 1024 * 1024;
 /// Interval for the flush policy `interval` and for writing checkpoints.
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
 /// How often recovery points and producer state are checkpointed.

@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use crate::log::segment::PendingWrite;
 use crate::log::space::SpaceGuard;
-use crate::log::{read_batches, Log, LogConfig, LogError};
+use crate::log::{read_batches, read_batches_bounded, Log, LogConfig, LogError};
 use crate::producer_state::{ProducerStates, SequenceCheck};
 use crate::record::{self, BatchError, BatchHeader, BatchLimits, RecordSet, RecordSetBuilder};
 
@@ -109,9 +109,10 @@ impl BatchCache {
         self.batches.clear();
     }
 
-    /// Whole batches from the one holding `offset`, below `end`, about `max`
-    /// bytes, by reference.
-    fn read(&self, offset: i64, end: i64, max: usize) -> Option<RecordSet> {
+    /// Whole batches from the one holding `offset`, below `end`, at most
+    /// `max` bytes, by reference; the first batch even above `max` if it is
+    /// at most `first_max`.
+    fn read(&self, offset: i64, end: i64, max: usize, first_max: usize) -> Option<RecordSet> {
         let (front_base, _, _) = self.batches.front()?;
         if *front_base > offset {
             return None;
@@ -119,7 +120,12 @@ impl BatchCache {
         let start = self.batches.partition_point(|(_, last, _)| *last < offset);
         let mut out = RecordSetBuilder::default();
         for (base, _, b) in self.batches.iter().skip(start) {
-            if *base >= end || (!out.is_empty() && out.len() + b.len() > max) {
+            let limit = if out.is_empty() {
+                max.max(first_max)
+            } else {
+                max
+            };
+            if *base >= end || out.len() + b.len() > limit {
                 break;
             }
             out.push(b.clone());
@@ -374,8 +380,22 @@ impl Partition {
         Ok((base, last))
     }
 
-    /// Reads batches from `offset` for a fetch, bounded by the high watermark.
+    /// Reads batches from `offset` for a fetch, bounded by the high watermark;
+    /// at least one batch, however large.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<FetchedData, PartitionError> {
+        self.read_bounded(offset, max_bytes, usize::MAX).await
+    }
+
+    /// Reads whole batches from `offset` below the high watermark, at most
+    /// `max_bytes`, except that the first batch is returned above that if it
+    /// is at most `first_batch_max_bytes` (a fetch's memory grant): nothing
+    /// larger than either is read into memory.
+    pub async fn read_bounded(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        first_batch_max_bytes: usize,
+    ) -> Result<FetchedData, PartitionError> {
         let hw = self.high_watermark.get();
         let start = self.log_start_offset();
         let leo = self.log_end_offset();
@@ -387,10 +407,14 @@ impl Partition {
         if offset < start || offset > leo {
             return Err(PartitionError::OffsetOutOfRange(offset));
         }
-        if offset >= hw {
+        if offset >= hw || max_bytes.max(first_batch_max_bytes) == 0 {
             return Ok(data(RecordSet::default()));
         }
-        if let Some(b) = self.cache.borrow().read(offset, hw, max_bytes) {
+        let cached = self
+            .cache
+            .borrow()
+            .read(offset, hw, max_bytes, first_batch_max_bytes);
+        if let Some(b) = cached {
             return Ok(data(b));
         }
         let mut cursor = offset;
@@ -398,8 +422,10 @@ impl Partition {
             let Some(plan) = self.log.borrow().locate(cursor) else {
                 return Ok(data(RecordSet::default()));
             };
-            let bytes = read_batches(&plan, cursor, hw, max_bytes).await?;
-            match (bytes.is_empty(), plan.next_segment) {
+            let (bytes, limited) =
+                read_batches_bounded(&plan, cursor, hw, max_bytes, first_batch_max_bytes).await?;
+            // Empty at a byte limit: the next batch is too large, not absent.
+            match (bytes.is_empty() && !limited, plan.next_segment) {
                 (true, Some(next)) if next < hw => cursor = next.max(cursor),
                 _ => return Ok(data(bytes)),
             }
@@ -570,6 +596,52 @@ mod tests {
             max_batch_bytes: 1 << 20,
             max_decompressed_batch_bytes: 16 << 20,
             preallocate: true,
+        }
+    }
+
+    #[test]
+    fn a_bounded_read_returns_nothing_rather_than_skip_a_batch_too_large() {
+        for cache_bytes in [0, 64 << 20] {
+            run(move || async move {
+                let dir = tempfile::tempdir().unwrap();
+                crate::log::probe_device(dir.path()).await.unwrap();
+                let config = LogConfig {
+                    segment_bytes: 64 * 1024,
+                    ..config()
+                };
+                let p = Partition::open(
+                    dir.path(),
+                    "t",
+                    0,
+                    config,
+                    CacheBudget::new(cache_bytes),
+                    Rc::new(SpaceGuard::unlimited()),
+                    true,
+                )
+                .await
+                .unwrap();
+                let small = make_batch(3, Compression::None, 0).len();
+                let big = make_batch(50, Compression::None, 0).len();
+                for n in std::iter::repeat_n(3, 20)
+                    .chain([50])
+                    .chain(std::iter::repeat_n(3, 400))
+                {
+                    let batch = make_batch(n, Compression::None, 0).freeze();
+                    p.produce(batch, false, |_| {}).await.unwrap();
+                }
+                p.write_out(true).await.unwrap();
+                assert!(p.log.borrow().segments.len() > 2, "later segments exist");
+                // The big batch holds offsets 60..=109.
+                let none = p.read_bounded(70, 10, big - 1).await.unwrap();
+                assert!(none.records.is_empty(), "cache {cache_bytes}");
+                let one = p.read_bounded(70, 10, big).await.unwrap();
+                let bytes = one.records.to_bytes();
+                let base = BatchHeader::parse(&bytes).unwrap().base_offset();
+                assert_eq!((bytes.len(), base), (big, 60));
+                // After the first batch, max_bytes alone counts.
+                let two = p.read_bounded(0, small + 1, big).await.unwrap();
+                assert_eq!(two.records.len(), small);
+            });
         }
     }
 

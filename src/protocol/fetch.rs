@@ -2,7 +2,23 @@
 //! with long polling: a fetch short of min_bytes waits until a partition's
 //! high watermark moves or max_wait elapses. No fetch sessions: every fetch
 //! is a full fetch (session id 0), which all clients accept.
+//!
+//! As Kafka does, a partition listed more than once is answered once, at its
+//! first place, with its last listing's offset and limit; partitions are read
+//! one after another against what is left of the response's max_bytes, so no
+//! more is read than is sent, and the first partition with data returns at
+//! least one whole batch even above max_bytes or its partition limit.
+//!
+//! Memory: before reading, a fetch takes what it may read from the fetch
+//! budget of its connection's shard (at most its limits, at least room for
+//! one whole batch when available) and reads no more than that; the bytes
+//! read are held against the budget until the response is written. With no
+//! budget left a fetch waits like a long poll and, at its max wait, answers
+//! with what it has.
+//!
+//! Runs on the connection's shard; each partition is read on its owner shard.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -11,10 +27,12 @@ use kafka_protocol::messages::fetch_request::FetchRequest;
 use kafka_protocol::ResponseError;
 
 use super::{partition_error_code, FrameBuilder};
+use crate::cluster::TopicTable;
 use crate::config::MAX_FETCH_WAIT_MS;
+use crate::log::MIN_DISK_READ_BYTES;
 use crate::partition::FetchedData;
 use crate::record::RecordSet;
-use crate::shard::Shard;
+use crate::shard::{Grant, Shard};
 
 /// One partition of the fetch, resolved to a topic name.
 struct Wanted {
@@ -28,18 +46,79 @@ struct Wanted {
 
 type ReadResult = Result<FetchedData, ResponseError>;
 
+/// Most bytes the response to `req` may hold by its own limits (a first
+/// batch above them aside).
+pub fn response_bytes_bound(req: &FetchRequest) -> usize {
+    let partitions: usize = req
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| p.partition_max_bytes.max(0) as usize)
+        .fold(0, usize::saturating_add);
+    partitions.min(req.max_bytes.max(0) as usize)
+}
+
+/// Where one pass of reads stands: bytes the response may still take (its
+/// max_bytes), bytes of memory still granted, and whether a partition has
+/// returned data yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReadLimits {
+    response_left: usize,
+    memory_left: usize,
+    data_seen: bool,
+}
+
+/// Memory a read of up to `bytes` may hold at once: a read from the device
+/// copies whole batches out of a raw read of up to the same size (at least
+/// MIN_DISK_READ_BYTES) before that is freed.
+fn read_memory(bytes: usize) -> usize {
+    bytes.saturating_mul(2).saturating_add(MIN_DISK_READ_BYTES)
+}
+
+impl ReadLimits {
+    /// The limit for a partition asked for at most `partition_max`, and the
+    /// limit for its first batch: until a partition has returned data, one
+    /// whole batch may pass every limit but the memory granted (Kafka's
+    /// rule, so a consumer always progresses).
+    fn for_partition(&self, partition_max: usize) -> (usize, usize) {
+        let memory = self.memory_left.saturating_sub(MIN_DISK_READ_BYTES) / 2;
+        let max = partition_max.min(self.response_left).min(memory);
+        let first = if self.data_seen { max } else { memory };
+        (max, first)
+    }
+
+    fn took(&mut self, bytes: usize) {
+        if bytes > 0 {
+            self.data_seen = true;
+            self.response_left = self.response_left.saturating_sub(bytes);
+            self.memory_left = self.memory_left.saturating_sub(bytes);
+        }
+    }
+}
+
+/// Reads `reads` (topic, partition, offset, partition limit) in order on
+/// their owner shard.
 async fn read_on_owner(
     shard: Rc<Shard>,
-    topic: String,
-    index: i32,
-    offset: i64,
-    max_bytes: usize,
-) -> ReadResult {
-    let partition = shard.serving_partition(&topic, index)?;
-    partition.read(offset, max_bytes).await.map_err(|e| {
-        tracing::warn!(topic, index, offset, error = %e, "fetch read failed");
-        partition_error_code(&e)
-    })
+    reads: Vec<(String, i32, i64, usize)>,
+    mut limits: ReadLimits,
+) -> (Vec<ReadResult>, ReadLimits) {
+    let mut out = Vec::with_capacity(reads.len());
+    for (topic, index, offset, partition_max) in reads {
+        let (max, first) = limits.for_partition(partition_max);
+        let result = match shard.serving_partition(&topic, index) {
+            Err(e) => Err(e),
+            Ok(p) => p.read_bounded(offset, max, first).await.map_err(|e| {
+                tracing::warn!(topic, index, offset, error = %e, "fetch read failed");
+                partition_error_code(&e)
+            }),
+        };
+        if let Ok(d) = &result {
+            limits.took(d.records.len());
+        }
+        out.push(result);
+    }
+    (out, limits)
 }
 
 async fn wait_on_owner(
@@ -54,10 +133,12 @@ async fn wait_on_owner(
     }
 }
 
-pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchReply {
-    let table = shard.topics();
-    let mut topics = Vec::new();
-    let mut wanted = Vec::new();
+/// The partitions of `req` once each, in Kafka's order, with the topic
+/// entries of the response: consecutive partitions of one topic share one.
+fn resolve(table: &TopicTable, req: &FetchRequest, version: i16) -> (Vec<TopicReply>, Vec<Wanted>) {
+    let mut topics: Vec<TopicReply> = Vec::new();
+    let mut wanted: Vec<Wanted> = Vec::new();
+    let mut seen: HashMap<(uuid::Uuid, String, i32), usize> = HashMap::new();
     for t in &req.topics {
         let meta = if version >= 13 {
             table.by_id(&t.topic_id)
@@ -81,35 +162,66 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
                 Some(_) if p.current_leader_epoch > 0 => Some(ResponseError::UnknownLeaderEpoch),
                 Some(_) => None,
             };
+            let (offset, max_bytes) = (p.fetch_offset, p.partition_max_bytes.max(0) as usize);
+            let key = (t.topic_id, name.clone(), p.partition);
+            if let Some(&i) = seen.get(&key) {
+                let w = &mut wanted[i];
+                (w.offset, w.max_bytes, w.error) = (offset, max_bytes, error);
+                continue;
+            }
+            let same_topic = wanted.last().is_some_and(|w| {
+                let entry = &topics[w.topic_slot];
+                entry.name == name && entry.topic_id == t.topic_id
+            });
+            if !same_topic {
+                topics.push(TopicReply {
+                    name: name.clone(),
+                    topic_id: t.topic_id,
+                    partitions: Vec::new(),
+                });
+            }
+            seen.insert(key, wanted.len());
             wanted.push(Wanted {
-                topic_slot: topics.len(),
+                topic_slot: topics.len() - 1,
                 topic: name.clone(),
                 index: p.partition,
-                offset: p.fetch_offset,
-                max_bytes: p.partition_max_bytes.max(0) as usize,
+                offset,
+                max_bytes,
                 error,
             });
         }
-        topics.push(TopicReply {
-            name,
-            topic_id: t.topic_id,
-            partitions: Vec::new(),
-        });
     }
-    let max_bytes = if req.max_bytes > 0 {
-        req.max_bytes as usize
-    } else {
-        usize::MAX
-    };
+    (topics, wanted)
+}
+
+/// Bytes of budget a pass asks for: what the limits allow, but room for one
+/// whole batch (the first partition with data returns one whatever its
+/// limits), with the room to read it; none when nothing is to be read.
+fn grant_wanted(wanted: &[Wanted], max_bytes: usize, max_batch_bytes: usize) -> usize {
+    let readable = wanted.iter().filter(|w| w.error.is_none());
+    if readable.clone().next().is_none() {
+        return 0;
+    }
+    let partitions = readable.map(|w| w.max_bytes).fold(0, usize::saturating_add);
+    read_memory(partitions.min(max_bytes).max(max_batch_bytes))
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchReply {
+    let (mut topics, wanted) = resolve(&shard.topics(), &req, version);
+    let max_bytes = req.max_bytes.max(0) as usize;
     let min_bytes = req.min_bytes.max(0) as usize;
     let deadline = Instant::now()
         + Duration::from_millis((req.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT_MS));
-    let mut results = read_all(shard, &wanted, max_bytes).await;
+    let want = grant_wanted(&wanted, max_bytes, shard.config.max_message_bytes);
     loop {
+        let mut grant = shard.fetch_budget.take_up_to(want);
+        let starved = grant.bytes() < want;
+        let results = read_all(shard, &wanted, max_bytes, grant.bytes()).await;
         let total: usize = results
             .iter()
             .map(|r| r.as_ref().map_or(0, |d| d.records.len()))
             .sum();
+        grant.shrink_to(total);
         let any_error = results.iter().any(|r| r.is_err());
         let now = Instant::now();
         if total >= min_bytes.max(1)
@@ -118,7 +230,15 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
             || wanted.is_empty()
             || shard.shutting_down.get()
         {
-            break;
+            for (w, r) in wanted.iter().zip(results) {
+                topics[w.topic_slot]
+                    .partitions
+                    .push(PartitionReply::new(w.index, r));
+            }
+            return FetchReply {
+                topics,
+                grant: Some(grant),
+            };
         }
         let thresholds: Vec<i64> = wanted
             .iter()
@@ -128,54 +248,106 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
                     .map_or(w.offset, |d| d.high_watermark.max(w.offset))
             })
             .collect();
-        wait_any(shard, &wanted, &thresholds, deadline - now).await;
-        results = read_all(shard, &wanted, max_bytes).await;
+        // Nothing is held while waiting: the next pass reads afresh.
+        drop((results, grant));
+        wait_any(shard, &wanted, &thresholds, deadline - now, starved).await;
     }
-    for (w, r) in wanted.iter().zip(results) {
-        topics[w.topic_slot]
-            .partitions
-            .push(PartitionReply::new(w.index, r));
-    }
-    FetchReply { topics }
 }
 
-/// Reads every wanted partition concurrently, then trims to the response
-/// limit (the first non-empty partition is always kept whole).
-async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: usize) -> Vec<ReadResult> {
-    let futures = wanted.iter().map(|w| {
-        let (topic, index, offset, limit, error) = (
-            w.topic.clone(),
-            w.index,
-            w.offset,
-            w.max_bytes.min(max_bytes),
-            w.error,
-        );
+/// Reads every wanted partition once against the response's `max_bytes`
+/// and the `grant` of memory (the reads hold at most `grant` bytes at any
+/// time), in request order as Kafka does: consecutive partitions of one
+/// owner shard in one hop. Once nothing more can be read, the remaining
+/// partitions only report their offsets, all owners at once.
+async fn read_all(
+    shard: &Rc<Shard>,
+    wanted: &[Wanted],
+    max_bytes: usize,
+    grant: usize,
+) -> Vec<ReadResult> {
+    let mut results: Vec<Option<ReadResult>> = wanted.iter().map(|w| w.error.map(Err)).collect();
+    let mut runs: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (i, w) in wanted.iter().enumerate().filter(|(_, w)| w.error.is_none()) {
         let owner = shard.owner(&w.topic, w.index);
-        async move {
-            if let Some(e) = error {
-                return Err(e);
-            }
-            shard
-                .invoke_on(owner, move |s| {
-                    read_on_owner(s, topic, index, offset, limit)
-                })
-                .await
-                .unwrap_or(Err(ResponseError::BrokerNotAvailable))
+        match runs.last_mut() {
+            Some((o, items)) if *o == owner => items.push(i),
+            _ => runs.push((owner, vec![i])),
         }
-    });
-    let mut results = futures::future::join_all(futures).await;
-    let mut total = 0usize;
-    for r in results.iter_mut().flatten() {
-        if total > 0 && total + r.records.len() > max_bytes {
-            r.records = RecordSet::default();
+    }
+    let mut limits = ReadLimits {
+        response_left: max_bytes,
+        memory_left: grant,
+        data_seen: false,
+    };
+    let mut runs = runs.into_iter().peekable();
+    while runs.peek().is_some() && limits.for_partition(usize::MAX) != (0, 0) {
+        let (owner, items) = runs.next().expect("peeked");
+        let (read, after) = read_on(shard, wanted, owner, &items, limits).await;
+        limits = after;
+        for (i, r) in items.into_iter().zip(read) {
+            results[i] = Some(r);
         }
-        total += r.records.len();
+    }
+    let mut rest: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (owner, items) in runs {
+        match rest.iter_mut().find(|(o, _)| *o == owner) {
+            Some((_, all)) => all.extend(items),
+            None => rest.push((owner, items)),
+        }
+    }
+    let offsets_only = rest
+        .iter()
+        .map(|(owner, items)| read_on(shard, wanted, *owner, items, limits));
+    let read = futures::future::join_all(offsets_only).await;
+    for ((_, items), (read, _)) in rest.into_iter().zip(read) {
+        for (i, r) in items.into_iter().zip(read) {
+            results[i] = Some(r);
+        }
     }
     results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(ResponseError::UnknownServerError)))
+        .collect()
 }
 
-/// Resolves when any partition's high watermark passes its threshold.
-async fn wait_any(shard: &Rc<Shard>, wanted: &[Wanted], thresholds: &[i64], timeout: Duration) {
+/// Reads the partitions `items` of `wanted` in order on their owner shard;
+/// also returns the limits left.
+fn read_on(
+    shard: &Rc<Shard>,
+    wanted: &[Wanted],
+    owner: usize,
+    items: &[usize],
+    limits: ReadLimits,
+) -> impl std::future::Future<Output = (Vec<ReadResult>, ReadLimits)> {
+    let reads: Vec<(String, i32, i64, usize)> = items
+        .iter()
+        .map(|&i| {
+            let w = &wanted[i];
+            (w.topic.clone(), w.index, w.offset, w.max_bytes)
+        })
+        .collect();
+    let count = reads.len();
+    let shard = shard.clone();
+    async move {
+        shard
+            .invoke_on(owner, move |s| read_on_owner(s, reads, limits))
+            .await
+            .unwrap_or_else(|_| {
+                let gone = (0..count).map(|_| Err(ResponseError::BrokerNotAvailable));
+                (gone.collect(), limits)
+            })
+    }
+}
+
+/// Resolves when any partition's high watermark passes its threshold, or,
+/// when the last pass was short of budget, when budget comes back.
+async fn wait_any(
+    shard: &Rc<Shard>,
+    wanted: &[Wanted],
+    thresholds: &[i64],
+    timeout: Duration,
+    starved: bool,
+) {
     let waits: Vec<_> = wanted
         .iter()
         .zip(thresholds)
@@ -187,8 +359,17 @@ async fn wait_any(shard: &Rc<Shard>, wanted: &[Wanted], thresholds: &[i64], time
             }))
         })
         .collect();
-    let timer = Box::pin(glommio::timer::sleep(timeout));
-    futures::future::select(futures::future::select_all(waits), timer).await;
+    let data = futures::future::select_all(waits);
+    let budget = async {
+        if starved {
+            shard.fetch_budget.released().await
+        } else {
+            futures::future::pending().await
+        }
+    };
+    let timer = glommio::timer::sleep(timeout);
+    futures::pin_mut!(budget, timer);
+    futures::future::select(futures::future::select(data, budget), timer).await;
 }
 
 /// A fetch response. Encoded here rather than by the codec so that record
@@ -197,6 +378,8 @@ async fn wait_any(shard: &Rc<Shard>, wanted: &[Wanted], thresholds: &[i64], time
 /// against the codec for every version served).
 pub struct FetchReply {
     topics: Vec<TopicReply>,
+    /// The fetch budget held by the record sets.
+    grant: Option<Grant>,
 }
 
 struct TopicReply {
@@ -252,6 +435,11 @@ fn put_len(buf: &mut BytesMut, flexible: bool, n: usize) {
 }
 
 impl FetchReply {
+    /// The budget held by the record sets, to be kept until they are sent.
+    pub fn take_grant(&mut self) -> Option<Grant> {
+        self.grant.take()
+    }
+
     /// Encodes the body for `version` (4 to 16).
     pub fn encode(&self, frame: &mut FrameBuilder, version: i16) {
         let flexible = version >= 12;
@@ -356,6 +544,7 @@ mod tests {
                     partitions: Vec::new(),
                 },
             ],
+            grant: None,
         }
     }
 
@@ -389,6 +578,141 @@ mod tests {
         FetchResponse::default()
             .with_responses(topics)
             .with_session_id(0)
+    }
+
+    fn table(topics: &[(&str, i32)]) -> TopicTable {
+        let mut table = TopicTable::default();
+        for (i, (name, partitions)) in topics.iter().enumerate() {
+            table.topics.insert(
+                name.to_string(),
+                crate::cluster::TopicMeta {
+                    name: name.to_string(),
+                    id: uuid::Uuid::from_u128(i as u128 + 1),
+                    partitions: *partitions,
+                    configs: Default::default(),
+                    internal: false,
+                },
+            );
+        }
+        table
+    }
+
+    /// A topic's listing in a request: (partition, offset, partition max bytes).
+    type Listing<'a> = (&'a str, &'a [(i32, i64, i32)]);
+
+    fn request(listed: &[Listing<'_>]) -> FetchRequest {
+        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        let topics = listed
+            .iter()
+            .map(|(name, partitions)| {
+                FetchTopic::default()
+                    .with_topic(TopicName(crate::protocol::str_bytes(name)))
+                    .with_partitions(
+                        partitions
+                            .iter()
+                            .map(|(p, offset, max)| {
+                                FetchPartition::default()
+                                    .with_partition(*p)
+                                    .with_fetch_offset(*offset)
+                                    .with_partition_max_bytes(*max)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        FetchRequest::default()
+            .with_max_bytes(1 << 20)
+            .with_topics(topics)
+    }
+
+    #[test]
+    fn a_partition_listed_again_is_answered_once_with_its_last_listing() {
+        let table = table(&[("a", 3), ("b", 1)]);
+        let req = request(&[
+            ("a", &[(0, 5, 100), (1, 7, 100), (0, 9, 200)]),
+            ("b", &[(0, 1, 100)]),
+            ("a", &[(1, 8, 300), (2, 0, 100)]),
+            ("a", &[(0, 3, 50)]),
+            ("b", &[]),
+        ]);
+        let (topics, wanted) = resolve(&table, &req, 12);
+        let got: Vec<_> = wanted
+            .iter()
+            .map(|w| {
+                (
+                    w.topic_slot,
+                    w.topic.as_str(),
+                    w.index,
+                    w.offset,
+                    w.max_bytes,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, "a", 0, 3, 50),
+                (0, "a", 1, 8, 300),
+                (1, "b", 0, 1, 100),
+                (2, "a", 2, 0, 100),
+            ]
+        );
+        // Consecutive partitions of a topic share an entry, as in Kafka's
+        // response; a topic listed without partitions gets none.
+        let names: Vec<_> = topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "a"]);
+        assert_eq!(response_bytes_bound(&req), 950, "the listed limits");
+        assert_eq!(response_bytes_bound(&req.with_max_bytes(600)), 600);
+    }
+
+    #[test]
+    fn unknown_partitions_keep_their_place_with_an_error() {
+        let table = table(&[("a", 2)]);
+        let req = request(&[("a", &[(5, 0, 10), (1, 0, 10)]), ("zz", &[(0, 0, 10)])]);
+        let (topics, wanted) = resolve(&table, &req, 12);
+        let errors: Vec<_> = wanted.iter().map(|w| (w.index, w.error)).collect();
+        assert_eq!(
+            errors,
+            vec![
+                (5, Some(ResponseError::UnknownTopicOrPartition)),
+                (1, None),
+                (0, Some(ResponseError::UnknownTopicOrPartition)),
+            ]
+        );
+        assert_eq!(topics.len(), 2);
+        assert_eq!(grant_wanted(&wanted, 1 << 20, 4096), read_memory(4096));
+        let none_readable = &wanted[2..];
+        assert_eq!(grant_wanted(none_readable, 1 << 20, 4096), 0);
+    }
+
+    #[test]
+    fn the_first_batch_may_pass_every_limit_but_the_memory_granted() {
+        let memory = read_memory(1000);
+        let mut limits = ReadLimits {
+            response_left: 300,
+            memory_left: memory,
+            data_seen: false,
+        };
+        // Before any data: up to the partition's and the response's limits,
+        // a first batch up to what the memory granted can read.
+        assert_eq!(limits.for_partition(200), (200, 1000));
+        assert_eq!(limits.for_partition(usize::MAX), (300, 1000));
+        limits.took(0);
+        assert!(!limits.data_seen, "an empty partition changes nothing");
+        limits.took(700); // one batch above max_bytes
+        assert_eq!(limits.response_left, 0);
+        assert_eq!(limits.for_partition(200), (0, 0), "nothing more is read");
+        let mut limits = ReadLimits {
+            response_left: 5000,
+            memory_left: memory,
+            data_seen: false,
+        };
+        limits.took(400);
+        assert_eq!(
+            limits.for_partition(4000),
+            (800, 800),
+            "memory left bounds the rest"
+        );
     }
 
     #[test]

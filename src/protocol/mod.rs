@@ -25,7 +25,7 @@ use thiserror::Error;
 
 use crate::partition::PartitionError;
 use crate::record::BatchError;
-use crate::shard::Shard;
+use crate::shard::{Grant, Shard};
 
 /// API keys served, with the version range for each. Lower bounds are the
 /// codec's; upper bounds are the newest versions whose semantics are built.
@@ -159,10 +159,12 @@ pub async fn handle(
         None => (ResponseKind::ApiVersions(api_versions::unsupported()), 0),
         // Fetch responses keep their record sets by reference.
         Some(RequestKind::Fetch(r)) => {
-            let reply = fetch::handle(&shard, r, d.version).await;
+            let mut reply = fetch::handle(&shard, r, d.version).await;
             let mut frame = FrameBuilder::new(ApiKey::Fetch, d.version, correlation_id);
             reply.encode(&mut frame, d.version);
-            return Some(frame.finish());
+            let mut frame = frame.finish();
+            frame.memory = reply.take_grant();
+            return Some(frame);
         }
         Some(request) => (
             dispatch(&shard, request, d.version, client).await?,
@@ -173,11 +175,24 @@ pub async fn handle(
     Some(ResponseFrame::from_encoded(body))
 }
 
+/// Most bytes the response to `d` may take while it waits to be written, as
+/// far as the request says: a fetch's response limit; other responses are
+/// small and counted once built.
+pub fn response_bytes_bound(d: &Decoded) -> usize {
+    match &d.request {
+        Some(RequestKind::Fetch(r)) => fetch::response_bytes_bound(r),
+        _ => 0,
+    }
+}
+
 /// A response frame ready to write: the 4-byte length prefix, the header
 /// and the body, as parts written in order with one vectored send.
 #[derive(Debug, Default)]
 pub struct ResponseFrame {
     pub parts: Vec<Bytes>,
+    /// The budget its record sets are counted against, given back once the
+    /// frame is written or dropped.
+    pub memory: Option<Grant>,
 }
 
 impl ResponseFrame {
@@ -188,6 +203,7 @@ impl ResponseFrame {
         (&mut out[..4]).put_i32(len);
         ResponseFrame {
             parts: vec![out.freeze()],
+            memory: None,
         }
     }
 
@@ -245,7 +261,10 @@ impl FrameBuilder {
         let len: usize = self.parts.iter().map(Bytes::len).sum();
         let prefix = Bytes::copy_from_slice(&(len as i32).to_be_bytes());
         self.parts.insert(0, prefix);
-        ResponseFrame { parts: self.parts }
+        ResponseFrame {
+            parts: self.parts,
+            memory: None,
+        }
     }
 }
 

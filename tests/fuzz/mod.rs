@@ -4,19 +4,8 @@
 //!
 //! A target is a decoder with seeds and a bound (see [`Target`]); adding
 //! one is a struct implementing the trait and a `#[test] fn` calling
-//! [`fuzz`]. Record batch validation, for instance, would be:
-//!
-//! ```ignore
-//! struct Batches;
-//! impl Target for Batches {
-//!     fn name(&self) -> &'static str { "batches" }
-//!     fn seeds(&self, _: &mut Rng) -> Vec<Vec<u8>> { vec![typed::batch(5, 100).to_vec()] }
-//!     fn run(&self, input: Bytes) -> bool { validate_batch(&input, 1 << 20).is_ok() }
-//!     fn alloc_bound(&self, len: usize) -> usize { 2 * len + 4096 }
-//! }
-//! #[test]
-//! fn fuzz_batches() { fuzz::fuzz(&Batches); }
-//! ```
+//! [`fuzz`]. Targets: request decoding (tests/fuzz_requests.rs) and record
+//! batch validation (tests/fuzz_batches.rs).
 //!
 //! Environment: `RINGTAIL_FUZZ_SECONDS` (per target; default
 //! [`DEFAULT_SECONDS`], for CI), `RINGTAIL_FUZZ_SEED` (default: from the
@@ -25,6 +14,7 @@
 #![allow(dead_code)] // each test binary uses part of the harness
 
 pub mod alloc;
+pub mod batches;
 pub mod mutate;
 pub mod requests;
 pub mod rng;

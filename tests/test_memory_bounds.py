@@ -320,3 +320,59 @@ def test_pipelined_fetches_of_a_reading_client_all_arrive(broker_factory):
             assert struct.unpack(">i", resp[:4])[0] == cid
             parts = parse_fetch_v4(resp)[0][1]
             assert all(e == 0 and len(r) > 0 for _, e, _, r in parts)
+
+
+def unread_by_broker(broker_port, client_port):
+    """Bytes the broker has not read yet from the connection whose client end
+    is `client_port`: its socket's receive queue, from /proc/net/tcp."""
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if (int(local.split(":")[1], 16) == broker_port
+                    and int(remote.split(":")[1], 16) == client_port):
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError("broker end of the connection not found")
+
+
+def read_frame_into(sock):
+    """One response frame, read into a preallocated buffer."""
+    sock.settimeout(30)
+    (size,) = struct.unpack(">i", sock.recv(4, socket.MSG_WAITALL))
+    buf = bytearray(size)
+    view, at = memoryview(buf), 0
+    while at < size:
+        n = sock.recv_into(view[at:])
+        assert n > 0, "closed"
+        at += n
+    return bytes(buf)
+
+
+def test_a_connection_whose_responses_are_not_read_is_not_read(broker_factory):
+    # connection_max_queued_response_bytes is 8 MiB in TIGHT; each fetch
+    # counts its 4 MiB limit from the moment it is read. The in-flight
+    # request bound (32) alone would let the broker read all 20 requests.
+    broker = broker_factory(config=TIGHT)
+    create_topic(broker.bootstrap, "mute", 2)
+    bench_produce(broker, "mute", 16384, 2)  # about 8 MiB per partition
+    requests = [fetch_request(cid, "mute", [(0, 0, 4 * MiB), (1, 0, 4 * MiB)], 4 * MiB)
+                for cid in range(20)]
+    with socket.create_connection(("127.0.0.1", broker.port)) as s:
+        s.sendall(b"".join(requests))
+        client_port = s.getsockname()[1]
+        # The broker reads two fetches (8 MiB of responses queued), a few
+        # more at most as the kernel's socket buffers take the first
+        # responses, then stops.
+        time.sleep(2)
+        unread = unread_by_broker(broker.port, client_port)
+        assert unread >= 10 * len(requests[0]), (unread, len(requests[0]))
+        # Once the client reads, the broker reads again: every response
+        # arrives, in order.
+        for cid in range(20):
+            resp = read_frame_into(s)
+            assert struct.unpack(">i", resp[:4])[0] == cid
+            parts = parse_fetch_v4(resp)[0][1]
+            assert all(e == 0 for _, e, _, _ in parts)
+            assert sum(len(r) for _, _, _, r in parts) > MiB
+        assert unread_by_broker(broker.port, client_port) == 0

@@ -17,22 +17,26 @@
 //! with what it has.
 //!
 //! Runs on the connection's shard; each partition is read on its owner shard.
+//! The response and its encoding are in [`reply`].
+
+mod reply;
 
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::fetch_request::FetchRequest;
 use kafka_protocol::ResponseError;
 
-use super::{partition_error_code, FrameBuilder};
+use super::partition_error_code;
 use crate::cluster::TopicTable;
 use crate::config::MAX_FETCH_WAIT_MS;
 use crate::log::MIN_DISK_READ_BYTES;
 use crate::partition::FetchedData;
-use crate::record::RecordSet;
-use crate::shard::{Grant, Shard};
+use crate::shard::Shard;
+
+pub use reply::FetchReply;
+use reply::{PartitionReply, TopicReply};
 
 /// One partition of the fetch, resolved to a topic name.
 struct Wanted {
@@ -372,213 +376,10 @@ async fn wait_any(
     futures::future::select(futures::future::select(data, budget), timer).await;
 }
 
-/// A fetch response. Encoded here rather than by the codec so that record
-/// sets are written from the buffers they were read into; every field the
-/// codec would write for these values is written the same way (tested
-/// against the codec for every version served).
-pub struct FetchReply {
-    topics: Vec<TopicReply>,
-    /// The fetch budget held by the record sets.
-    grant: Option<Grant>,
-}
-
-struct TopicReply {
-    name: String,
-    topic_id: uuid::Uuid,
-    partitions: Vec<PartitionReply>,
-}
-
-struct PartitionReply {
-    index: i32,
-    error_code: i16,
-    high_watermark: i64,
-    log_start_offset: i64,
-    records: RecordSet,
-}
-
-impl PartitionReply {
-    fn new(index: i32, result: ReadResult) -> PartitionReply {
-        match result {
-            Ok(d) => PartitionReply {
-                index,
-                error_code: 0,
-                high_watermark: d.high_watermark,
-                log_start_offset: d.log_start_offset,
-                records: d.records,
-            },
-            Err(e) => PartitionReply {
-                index,
-                error_code: e.code(),
-                high_watermark: -1,
-                log_start_offset: -1,
-                records: RecordSet::default(),
-            },
-        }
-    }
-}
-
-fn put_uvarint(buf: &mut BytesMut, mut n: u32) {
-    while n >= 0x80 {
-        buf.put_u8((n as u8) | 0x80);
-        n >>= 7;
-    }
-    buf.put_u8(n as u8);
-}
-
-/// Array length: int32 before flexible versions, unsigned varint of n+1 after.
-fn put_len(buf: &mut BytesMut, flexible: bool, n: usize) {
-    if flexible {
-        put_uvarint(buf, n as u32 + 1);
-    } else {
-        buf.put_i32(n as i32);
-    }
-}
-
-impl FetchReply {
-    /// The budget held by the record sets, to be kept until they are sent.
-    pub fn take_grant(&mut self) -> Option<Grant> {
-        self.grant.take()
-    }
-
-    /// Encodes the body for `version` (4 to 16).
-    pub fn encode(&self, frame: &mut FrameBuilder, version: i16) {
-        let flexible = version >= 12;
-        let buf = frame.head();
-        buf.put_i32(0); // throttle_time_ms
-        if version >= 7 {
-            buf.put_i16(0); // error_code
-            buf.put_i32(0); // session_id: no fetch sessions
-        }
-        put_len(buf, flexible, self.topics.len());
-        for t in &self.topics {
-            let buf = frame.head();
-            if version >= 13 {
-                buf.put_slice(t.topic_id.as_bytes());
-            } else if flexible {
-                put_uvarint(buf, t.name.len() as u32 + 1);
-                buf.put_slice(t.name.as_bytes());
-            } else {
-                buf.put_i16(t.name.len() as i16);
-                buf.put_slice(t.name.as_bytes());
-            }
-            put_len(buf, flexible, t.partitions.len());
-            for p in &t.partitions {
-                let buf = frame.head();
-                buf.put_i32(p.index);
-                buf.put_i16(p.error_code);
-                buf.put_i64(p.high_watermark);
-                buf.put_i64(p.high_watermark); // last_stable_offset: no transactions
-                if version >= 5 {
-                    buf.put_i64(p.log_start_offset);
-                }
-                put_len(buf, flexible, 0); // aborted_transactions: none
-                if version >= 11 {
-                    buf.put_i32(-1); // preferred_read_replica
-                }
-                put_len(buf, flexible, p.records.len());
-                frame.records(&p.records);
-                if flexible {
-                    put_uvarint(frame.head(), 0); // partition tagged fields
-                }
-            }
-            if flexible {
-                put_uvarint(frame.head(), 0); // topic tagged fields
-            }
-        }
-        if flexible {
-            put_uvarint(frame.head(), 0); // response tagged fields
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::{Bytes, BytesMut};
-    use kafka_protocol::messages::fetch_response::{
-        FetchResponse, FetchableTopicResponse, PartitionData,
-    };
-    use kafka_protocol::messages::{ApiKey, BrokerId, ResponseHeader, TopicName};
-    use kafka_protocol::protocol::Encodable;
-
-    use crate::record::RecordSetBuilder;
-
-    fn records(sizes: &[usize], seed: u8) -> RecordSet {
-        let mut b = RecordSetBuilder::default();
-        for (i, n) in sizes.iter().enumerate() {
-            let part: Vec<u8> = (0..*n)
-                .map(|k| (k as u8).wrapping_mul(seed) ^ i as u8)
-                .collect();
-            b.push(Bytes::from(part));
-        }
-        b.finish()
-    }
-
-    fn sample() -> FetchReply {
-        let ok = |index, hw, sizes: &[usize]| PartitionReply {
-            index,
-            error_code: 0,
-            high_watermark: hw,
-            log_start_offset: 3,
-            records: records(sizes, index as u8 + 1),
-        };
-        FetchReply {
-            topics: vec![
-                TopicReply {
-                    name: "orders".into(),
-                    topic_id: uuid::Uuid::from_u128(0x1234_5678_9abc),
-                    partitions: vec![
-                        ok(0, 1_000_000, &[100_000, 20, 70_000, 5]),
-                        PartitionReply::new(1, Err(ResponseError::OffsetOutOfRange)),
-                        ok(2, 0, &[]),
-                    ],
-                },
-                TopicReply {
-                    name: "x".repeat(300),
-                    topic_id: uuid::Uuid::nil(),
-                    partitions: vec![ok(7, 42, &[300])],
-                },
-                TopicReply {
-                    name: "empty".into(),
-                    topic_id: uuid::Uuid::from_u128(9),
-                    partitions: Vec::new(),
-                },
-            ],
-            grant: None,
-        }
-    }
-
-    /// The same response built with the codec's types.
-    fn as_message(reply: &FetchReply) -> FetchResponse {
-        let topics = reply
-            .topics
-            .iter()
-            .map(|t| {
-                FetchableTopicResponse::default()
-                    .with_topic(TopicName(crate::protocol::str_bytes(&t.name)))
-                    .with_topic_id(t.topic_id)
-                    .with_partitions(
-                        t.partitions
-                            .iter()
-                            .map(|p| {
-                                PartitionData::default()
-                                    .with_partition_index(p.index)
-                                    .with_error_code(p.error_code)
-                                    .with_high_watermark(p.high_watermark)
-                                    .with_last_stable_offset(p.high_watermark)
-                                    .with_log_start_offset(p.log_start_offset)
-                                    .with_aborted_transactions(Some(Vec::new()))
-                                    .with_preferred_read_replica(BrokerId(-1))
-                                    .with_records(Some(p.records.to_bytes()))
-                            })
-                            .collect(),
-                    )
-            })
-            .collect();
-        FetchResponse::default()
-            .with_responses(topics)
-            .with_session_id(0)
-    }
+    use kafka_protocol::messages::TopicName;
 
     fn table(topics: &[(&str, i32)]) -> TopicTable {
         let mut table = TopicTable::default();
@@ -713,36 +514,5 @@ mod tests {
             (800, 800),
             "memory left bounds the rest"
         );
-    }
-
-    #[test]
-    fn encodes_like_the_codec_for_every_served_version() {
-        let reply = sample();
-        let (min, max) = crate::protocol::supported_range(ApiKey::Fetch).expect("served");
-        for version in min..=max {
-            let mut frame = FrameBuilder::new(ApiKey::Fetch, version, 77);
-            reply.encode(&mut frame, version);
-            let frame = frame.finish();
-            assert!(
-                frame.parts.len() > 2,
-                "large record sets stay separate parts"
-            );
-            let mut ours = BytesMut::new();
-            for p in &frame.parts {
-                ours.extend_from_slice(p);
-            }
-
-            let mut body = BytesMut::new();
-            ResponseHeader::default()
-                .with_correlation_id(77)
-                .encode(&mut body, ApiKey::Fetch.response_header_version(version))
-                .unwrap();
-            as_message(&reply).encode(&mut body, version).unwrap();
-            let mut codec = BytesMut::new();
-            codec.extend_from_slice(&(body.len() as i32).to_be_bytes());
-            codec.extend_from_slice(&body);
-            assert_eq!(ours.len(), codec.len(), "version {version}");
-            assert!(ours == codec, "version {version}: bytes differ");
-        }
     }
 }

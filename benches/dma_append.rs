@@ -45,6 +45,7 @@ fn run_appends(iters: u64) -> Duration {
                 index_interval_bytes: 4096,
                 write_buffer_bytes: 1 << 20,
                 max_batch_bytes: 1 << 20,
+                max_decompressed_batch_bytes: 64 << 20,
                 preallocate: true,
             };
             let mut log = Log::open(root.path().join("bench-0"), config, |_| {})

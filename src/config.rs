@@ -14,6 +14,16 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
 /// Largest record batch accepted in a produce (Kafka's `message.max.bytes`).
 /// Larger than Kafka's 1 MiB + 12 so 1 MiB values work without tuning.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest size the records of one compressed batch may decompress to.
+/// Produce validation reads every compressed batch's records through its
+/// codec (as Kafka's LogValidator does) and stops once this many bytes came
+/// out, refusing the batch (INVALID_RECORD): a decompression bomb costs at
+/// most this much work, and memory stays at the codec's window (raw snappy
+/// alone decompresses its one block whole, up to this size). Readers of
+/// stored batches (ListOffsets by time, group loading) use the same cap.
+/// 16 times the largest batch covers real compression ratios (text and
+/// JSON compress 3-10x); Kafka has no such cap.
+pub const DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// Segment roll size (Kafka's `segment.bytes`).
 pub const DEFAULT_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
 /// Bytes of log between two sparse index entries (Kafka's `index.interval.bytes`).
@@ -33,6 +43,63 @@ pub const MIN_BATCH_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Requests read ahead of the response being written on one connection
 /// (librdkafka keeps up to 5 in flight; Java up to 5 by default).
 pub const DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION: usize = 32;
+/// Bytes of request frames read off the sockets and not yet handled, all
+/// shards together (Kafka's `queued.max.request.bytes`, unbounded there by
+/// default); each shard gets an equal share. A reader waits for its share
+/// before reading more of a frame's body, so a flood of produce requests
+/// queues in the clients' sockets, not in the broker. Counted as the frame
+/// buffers grow (see FRAME_FIRST_READ_BYTES), so a connection costs only
+/// what it has sent. A frame that finds any room left gets the rest of its
+/// length at once, so two half-read frames never wait on each other: a shard
+/// may exceed its share by at most one frame (`max_request_bytes`).
+/// 512 MiB: five of the largest frames; `ringtail bench produce` (2
+/// producers, 5 requests of about 260 KiB in flight each) holds about 3 MiB.
+pub const DEFAULT_QUEUED_MAX_REQUEST_BYTES: usize = 512 * 1024 * 1024;
+/// Bytes of fetch responses being read or waiting to be written, all shards
+/// together; each shard gets an equal share for the fetches of its
+/// connections. A fetch takes what it may read from its shard's share before
+/// reading (twice that while reading, as a read from the device copies whole
+/// batches out of its raw read) and keeps what it read until the response is
+/// written; with nothing left it waits (long poll) and, at its max wait, is
+/// answered with what it has: never more memory than the share. 1 GiB: a
+/// consumer asks for up to 50 MiB per fetch (librdkafka's and Java's
+/// `fetch.max.bytes`), so ten full responses are read at once and twenty
+/// wait to be written, and `ringtail bench consume` (2 consumers, 32 MiB per
+/// response) never waits for it (it uses an eighth of a shard's share on a
+/// 2-core host). A shard's share must hold the read of a batch of
+/// `max_message_bytes` (at least one whole batch is returned).
+pub const DEFAULT_MAX_IN_FLIGHT_FETCH_BYTES: usize = 1024 * 1024 * 1024;
+/// Bytes of responses queued on one connection (being built or waiting to be
+/// written) from which its reader stops reading requests until the client
+/// reads, as Kafka mutes a channel with a response pending: a connection
+/// holds at most this and one more response. A fetch counts its response
+/// limit from the moment it is read. 64 MiB: one fetch of a client's default
+/// `fetch.max.bytes` (50 MiB) and the small requests after it still
+/// pipeline; a second large fetch waits for the first to be sent.
+pub const DEFAULT_CONNECTION_MAX_QUEUED_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Idle frame buffers kept per shard for reuse, so a steady stream of
+/// produce requests reads into warm memory instead of allocating (and
+/// faulting in) a buffer per request; beyond it, buffers are freed.
+pub const DEFAULT_FRAME_POOL_BYTES: usize = 32 * 1024 * 1024;
+/// Largest buffer the frame pool keeps: frames above it are rare (a produce
+/// holds at most a few batches of `max_message_bytes`).
+pub const FRAME_POOL_MAX_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// First buffer for a frame's body when the socket holds less than that:
+/// a frame's buffer starts at what has arrived (at least this, rounded up to
+/// a size class, four per doubling), and at least doubles each time it
+/// fills, up to the frame's length: a connection announcing 100 MiB and
+/// sending 10 bytes costs 16 KiB, 2,000 of them 32 MiB.
+pub const FRAME_FIRST_READ_BYTES: usize = 16 * 1024;
+/// Allocations of this size or more get their own mapping from the system
+/// allocator (glibc's M_MMAP_THRESHOLD, fixed here), so memory freed when a
+/// burst of fetch responses or large frames is over goes back to the
+/// system at once. glibc's default starts at 128 KiB but rises to the size
+/// of each large block freed (up to 32 MiB), after which such blocks come
+/// from the heap and stay resident once freed. 1 MiB: smaller blocks (most
+/// batches, produce frames) keep the heap's reuse; larger ones (reads from
+/// the device for big fetches; large frames, which the frame pool keeps
+/// anyway) pay a mapping and its page faults.
+pub const MALLOC_MMAP_THRESHOLD_BYTES: usize = 1024 * 1024;
 /// Interval for the flush policy `interval` and for writing checkpoints.
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
 /// How often recovery points and producer state are checkpointed.
@@ -147,12 +214,26 @@ const PAGE: usize = 4096;
 const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES >= 16 * PAGE);
 const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES.is_multiple_of(PAGE));
 const _: () = assert!(DEFAULT_MAX_MESSAGE_BYTES < DEFAULT_MAX_REQUEST_BYTES);
+// A batch accepted uncompressed is accepted compressed too.
+const _: () = assert!(DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES >= DEFAULT_MAX_MESSAGE_BYTES);
+const _: () = assert!(DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES <= MAX_DECOMPRESSED_BATCH_BYTES_LIMIT);
+/// Ceiling for `max_decompressed_batch_bytes`: record offsets and sizes
+/// inside a batch are 32-bit.
+pub const MAX_DECOMPRESSED_BATCH_BYTES_LIMIT: usize = i32::MAX as usize;
 const _: () = assert!(DEFAULT_SEGMENT_BYTES <= u32::MAX as u64);
 const _: () = assert!(MIN_PREALLOCATE_STEP_BYTES <= PREALLOCATE_STEP_BYTES);
 const _: () = assert!(MIN_PREALLOCATE_STEP_BYTES.is_multiple_of(PAGE as u64));
 const _: () = assert!(PREALLOCATE_STEP_BYTES.is_multiple_of(MIN_PREALLOCATE_STEP_BYTES));
 const _: () = assert!(DEFAULT_MAX_MESSAGE_BYTES <= MIN_RECOVERED_BATCH_BYTES);
 const _: () = assert!(DEFAULT_MIN_FREE_PERCENT < 100);
+// Fetch shares hold a whole batch and its read on hosts of up to 64 cores.
+const _: () =
+    assert!(DEFAULT_MAX_IN_FLIGHT_FETCH_BYTES / 64 >= 2 * DEFAULT_MAX_MESSAGE_BYTES + (64 << 10));
+// A connection pipelines at least one default-sized fetch (50 MiB).
+const _: () = assert!(DEFAULT_CONNECTION_MAX_QUEUED_RESPONSE_BYTES > 50 * 1024 * 1024);
+const _: () = assert!(FRAME_POOL_MAX_BUFFER_BYTES >= DEFAULT_MAX_MESSAGE_BYTES);
+const _: () = assert!(DEFAULT_FRAME_POOL_BYTES >= FRAME_POOL_MAX_BUFFER_BYTES);
+const _: () = assert!(DEFAULT_QUEUED_MAX_REQUEST_BYTES >= DEFAULT_MAX_REQUEST_BYTES);
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -196,6 +277,7 @@ pub struct Config {
     pub default_partitions: i32,
     pub max_request_bytes: usize,
     pub max_message_bytes: usize,
+    pub max_decompressed_batch_bytes: usize,
     pub segment_bytes: u64,
     pub index_interval_bytes: u32,
     pub write_buffer_bytes: usize,
@@ -203,6 +285,13 @@ pub struct Config {
     /// across the shards.
     pub batch_cache_bytes: Option<usize>,
     pub max_in_flight_per_connection: usize,
+    /// All shards together; see DEFAULT_QUEUED_MAX_REQUEST_BYTES.
+    pub queued_max_request_bytes: usize,
+    /// All shards together; see DEFAULT_MAX_IN_FLIGHT_FETCH_BYTES.
+    pub max_in_flight_fetch_bytes: usize,
+    pub connection_max_queued_response_bytes: usize,
+    /// Per shard.
+    pub frame_pool_bytes: usize,
     pub flush_policy: FlushPolicy,
     pub flush_interval_ms: u64,
     pub checkpoint_interval_ms: u64,
@@ -253,11 +342,16 @@ impl Default for Config {
             default_partitions: 1,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_decompressed_batch_bytes: DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
             batch_cache_bytes: None,
             max_in_flight_per_connection: DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
+            queued_max_request_bytes: DEFAULT_QUEUED_MAX_REQUEST_BYTES,
+            max_in_flight_fetch_bytes: DEFAULT_MAX_IN_FLIGHT_FETCH_BYTES,
+            connection_max_queued_response_bytes: DEFAULT_CONNECTION_MAX_QUEUED_RESPONSE_BYTES,
+            frame_pool_bytes: DEFAULT_FRAME_POOL_BYTES,
             flush_policy: FlushPolicy::GroupCommit,
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
             checkpoint_interval_ms: DEFAULT_CHECKPOINT_INTERVAL_MS,
@@ -327,6 +421,13 @@ impl Config {
         if self.max_message_bytes >= self.max_request_bytes {
             return bad("max_message_bytes must be below max_request_bytes".into());
         }
+        if self.max_decompressed_batch_bytes < self.max_message_bytes
+            || self.max_decompressed_batch_bytes > MAX_DECOMPRESSED_BATCH_BYTES_LIMIT
+        {
+            return bad(format!(
+                "max_decompressed_batch_bytes must be in max_message_bytes..={MAX_DECOMPRESSED_BATCH_BYTES_LIMIT}"
+            ));
+        }
         if self.default_partitions < 1 || self.default_partitions > MAX_PARTITIONS_PER_TOPIC {
             return bad("default_partitions out of range".into());
         }
@@ -342,6 +443,7 @@ impl Config {
         if self.max_in_flight_per_connection == 0 || self.index_interval_bytes == 0 {
             return bad("max_in_flight_per_connection and index_interval_bytes must be > 0".into());
         }
+        self.validate_budgets()?;
         self.validate_cluster()
     }
 
@@ -384,6 +486,28 @@ impl Config {
         Ok(())
     }
 
+    fn validate_budgets(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let shards = self.shard_count();
+        if self.fetch_bytes_per_shard(shards) < 2 * self.max_message_bytes + (64 << 10) {
+            return bad(format!(
+                "max_in_flight_fetch_bytes split over {shards} shards must hold a batch of \
+                 max_message_bytes ({}) and the read of it (twice that and 64 KiB) per shard",
+                self.max_message_bytes
+            ));
+        }
+        if self.request_bytes_per_shard(shards) < FRAME_FIRST_READ_BYTES {
+            return bad(format!(
+                "queued_max_request_bytes split over {shards} shards is below \
+                 {FRAME_FIRST_READ_BYTES} bytes per shard"
+            ));
+        }
+        if self.connection_max_queued_response_bytes == 0 {
+            return bad("connection_max_queued_response_bytes must be > 0".into());
+        }
+        Ok(())
+    }
+
     /// The controller voters, `(node id, "host:port")`; empty when unset.
     pub fn voters(&self) -> Result<Vec<(i32, String)>, ConfigError> {
         let Some(list) = self
@@ -412,6 +536,16 @@ impl Config {
             }
         }
         Ok(out)
+    }
+
+    /// Each shard's share of `queued_max_request_bytes`.
+    pub fn request_bytes_per_shard(&self, shards: usize) -> usize {
+        self.queued_max_request_bytes / shards.max(1)
+    }
+
+    /// Each shard's share of `max_in_flight_fetch_bytes`.
+    pub fn fetch_bytes_per_shard(&self, shards: usize) -> usize {
+        self.max_in_flight_fetch_bytes / shards.max(1)
     }
 
     /// Bytes of batch cache for each of `shards` shards.

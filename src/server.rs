@@ -182,8 +182,23 @@ pub fn raise_memlock() {
     }
 }
 
+/// Has allocations of MALLOC_MMAP_THRESHOLD_BYTES or more map their own
+/// memory, so that freeing them gives it back to the system (config.rs).
+fn return_large_frees_to_the_system() {
+    #[cfg(target_env = "gnu")]
+    {
+        let threshold = crate::config::MALLOC_MMAP_THRESHOLD_BYTES as libc::c_int;
+        // SAFETY: mallopt only sets an allocator parameter; called before
+        // any shard thread starts.
+        if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, threshold) } != 1 {
+            tracing::warn!("could not set the allocator's mmap threshold");
+        }
+    }
+}
+
 pub fn run(config: Config) -> Result<()> {
     raise_memlock();
+    return_large_frees_to_the_system();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let _lock = crate::log::lock::DataDirLock::acquire(&config.data_dir)?;

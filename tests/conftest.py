@@ -267,11 +267,33 @@ def create_topic(bootstrap, name, partitions=1, config=None):
         f.result(timeout=15)
 
 
-def frame(api_key, version, correlation_id, body=b"", client_id=b"raw"):
-    """A request frame with a v1 (non-flexible) header."""
+def frame(api_key, version, correlation_id, body=b"", client_id=b"raw", flexible=False):
+    """A request frame with a v1 header, or v2 (an empty tagged-field
+    section after the client id) when `flexible`."""
     header = struct.pack(">hhih", api_key, version, correlation_id, len(client_id)) + client_id
+    if flexible:
+        header += b"\x00"
     payload = header + body
     return struct.pack(">i", len(payload)) + payload
+
+
+def assert_closed(sock):
+    """The broker closes `sock` (after a request it refuses)."""
+    sock.settimeout(5)
+    try:
+        data = sock.recv(1024)
+    except ConnectionResetError:
+        return
+    assert data == b"", f"expected the broker to close the connection, got {data!r}"
+
+
+def write_some(bootstrap, topic, n, start=0):
+    """Produces values v{start}..v{start+n-1} with acks=all."""
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for i in range(start, start + n):
+        p.produce(topic, value=f"v{i}".encode())
+    assert p.flush(10) == 0
 
 
 def read_frame(sock, timeout=5):

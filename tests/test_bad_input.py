@@ -7,25 +7,8 @@ import socket
 import struct
 
 import pytest
-from confluent_kafka import Producer
 
-from conftest import api_versions, consume_all, frame, read_frame
-
-
-def write_some(bootstrap, topic, n, start=0):
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
-    for i in range(start, start + n):
-        p.produce(topic, value=f"v{i}".encode())
-    assert p.flush(10) == 0
-
-
-def assert_closed(sock):
-    sock.settimeout(5)
-    try:
-        data = sock.recv(1024)
-    except ConnectionResetError:
-        return
-    assert data == b"", f"expected the broker to close the connection, got {data!r}"
+from conftest import api_versions, assert_closed, consume_all, frame, read_frame, write_some
 
 
 def check_still_serving(broker, n):

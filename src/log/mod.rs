@@ -68,6 +68,8 @@ pub struct LogConfig {
     pub index_interval_bytes: u64,
     pub write_buffer_bytes: usize,
     pub max_batch_bytes: usize,
+    /// Cap on a compressed batch's records when they are read.
+    pub max_decompressed_batch_bytes: usize,
     pub preallocate: bool,
 }
 
@@ -477,9 +479,27 @@ pub async fn read_batches(
     end_offset: i64,
     max_bytes: usize,
 ) -> Result<RecordSet, LogError> {
+    let (batches, _) =
+        read_batches_bounded(plan, offset, end_offset, max_bytes, usize::MAX).await?;
+    Ok(batches)
+}
+
+/// [`read_batches`], except that a first batch above `max_bytes` is read
+/// only if it is at most `first_batch_max_bytes`. Also says whether the
+/// read stopped at a byte limit (rather than at the data's end), so that an
+/// empty result is not taken for the end of the segment.
+pub async fn read_batches_bounded(
+    plan: &ReadPlan,
+    offset: i64,
+    end_offset: i64,
+    max_bytes: usize,
+    first_batch_max_bytes: usize,
+) -> Result<(RecordSet, bool), LogError> {
+    let first_max = max_bytes.max(first_batch_max_bytes);
     let mut position = plan.position;
     let mut out = RecordSetBuilder::default();
     let mut want = max_bytes.max(MIN_DISK_READ_BYTES);
+    let mut limited = false;
     while position < plan.limit {
         let available = (plan.limit - position) as usize;
         let chunk = plan
@@ -507,7 +527,9 @@ pub async fn read_batches(
             }
             if h.last_offset() >= offset {
                 let taken = out.len() + first.map_or(0, |f| at - f);
-                if taken > 0 && taken + size > max_bytes {
+                let limit = if taken == 0 { first_max } else { max_bytes };
+                if taken + size > limit {
+                    limited = true;
                     done = true;
                     break;
                 }
@@ -522,18 +544,25 @@ pub async fn read_batches(
             break;
         }
         if at == 0 {
-            if larger > want && larger <= available {
+            let room = if out.is_empty() {
+                first_max
+            } else {
+                max_bytes.saturating_sub(out.len())
+            };
+            if larger > want && larger <= available && larger <= room {
                 want = larger; // one batch larger than the read: read it whole
                 continue;
             }
+            limited = larger > room && larger <= available;
             break;
         }
         position += at as u64;
         if out.len() >= max_bytes {
+            limited = true;
             break;
         }
     }
-    Ok(out.finish())
+    Ok((out.finish(), limited))
 }
 
 #[cfg(test)]
@@ -549,6 +578,7 @@ mod tests {
             index_interval_bytes: 1024,
             write_buffer_bytes: 64 * 1024,
             max_batch_bytes: 1 << 20,
+            max_decompressed_batch_bytes: 16 << 20,
             preallocate: true,
         }
     }

@@ -74,9 +74,16 @@ impl BatchCache {
         self.batches.clear();
     }
 
-    /// Whole batches from the one holding `offset`, below `end`, about `max`
-    /// bytes, by reference.
-    pub(super) fn read(&self, offset: i64, end: i64, max: usize) -> Option<RecordSet> {
+    /// Whole batches from the one holding `offset`, below `end`, at most
+    /// `max` bytes, by reference; the first batch even above `max` if it is
+    /// at most `first_max`.
+    pub(super) fn read(
+        &self,
+        offset: i64,
+        end: i64,
+        max: usize,
+        first_max: usize,
+    ) -> Option<RecordSet> {
         let (front_base, _, _) = self.batches.front()?;
         if *front_base > offset {
             return None;
@@ -84,7 +91,12 @@ impl BatchCache {
         let start = self.batches.partition_point(|(_, last, _)| *last < offset);
         let mut out = RecordSetBuilder::default();
         for (base, _, b) in self.batches.iter().skip(start) {
-            if *base >= end || (!out.is_empty() && out.len() + b.len() > max) {
+            let limit = if out.is_empty() {
+                max.max(first_max)
+            } else {
+                max
+            };
+            if *base >= end || out.len() + b.len() > limit {
                 break;
             }
             out.push(b.clone());

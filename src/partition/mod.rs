@@ -38,9 +38,9 @@ pub use replicated::{Assignment, FollowerRead};
 use crate::cluster::records::NodeId;
 use crate::log::segment::PendingWrite;
 use crate::log::space::SpaceGuard;
-use crate::log::{read_batches, Log, LogConfig, LogError};
+use crate::log::{read_batches, read_batches_bounded, Log, LogConfig, LogError};
 use crate::producer_state::{ProducerStates, SequenceCheck};
-use crate::record::{self, BatchError, BatchHeader, RecordSet};
+use crate::record::{self, BatchError, BatchHeader, BatchLimits, RecordSet};
 
 #[derive(Debug, Error)]
 pub enum PartitionError {
@@ -134,7 +134,7 @@ pub struct Partition {
     /// The shard's free-space guard.
     space: Rc<SpaceGuard>,
     dirty: Cell<bool>,
-    max_batch_bytes: usize,
+    batch_limits: BatchLimits,
     /// Flush policy group commit: data counts as durable (for acks and the
     /// high watermark) only after an fdatasync; otherwise after the write.
     group_commit: bool,
@@ -164,7 +164,10 @@ impl Partition {
         let dir = data_dir.join(format!("{topic}-{index}"));
         let mut producers = ProducerStates::new(MAX_PRODUCERS);
         let mut epochs = LeaderEpochCache::default();
-        let max_batch_bytes = config.max_batch_bytes;
+        let batch_limits = BatchLimits {
+            max_batch_bytes: config.max_batch_bytes,
+            max_decompressed_bytes: config.max_decompressed_batch_bytes,
+        };
         let log = Log::open(dir.clone(), config, |h| {
             producers.record(h);
             epochs.assign(h.partition_leader_epoch(), h.base_offset());
@@ -197,7 +200,7 @@ impl Partition {
             budget,
             space,
             dirty: Cell::new(false),
-            max_batch_bytes,
+            batch_limits,
             group_commit,
         }))
     }
@@ -267,8 +270,10 @@ impl Partition {
         if acks == Acks::All && !self.replica.borrow().enough_replicas(min_isr) {
             return Err(PartitionError::NotEnoughReplicas);
         }
-        let sizes = record::split_batches(&records, self.max_batch_bytes)?;
-        let (first_base, end) = self.append_produced(&records, sizes).await?;
+        // Every record is checked before anything is appended: a refused
+        // produce stores nothing.
+        let produced = record::validate_produce(&records, &self.batch_limits)?;
+        let (first_base, end) = self.append_produced(&records, &produced).await?;
         if !self.dirty.replace(true) {
             mark_dirty(self.clone());
         }
@@ -297,14 +302,14 @@ impl Partition {
         })
     }
 
-    /// Appends a produce's batches (sizes already validated) under the
-    /// append lock; duplicates of an idempotent producer's batches are not
-    /// appended again. Returns the first batch's base offset and the offset
-    /// the produce must be durable or replicated to.
+    /// Appends a produce's batch (already validated) under the append lock;
+    /// a duplicate of an idempotent producer's batch is not appended again.
+    /// Returns the batch's base offset and the offset the produce must be
+    /// durable or replicated to.
     async fn append_produced(
         self: &Rc<Self>,
         records: &Bytes,
-        sizes: Vec<usize>,
+        produced: &record::ProducedBatch,
     ) -> Result<(i64, i64), PartitionError> {
         let _permit = self
             .append_lock
@@ -317,33 +322,23 @@ impl Partition {
         if !self.is_leader() {
             return Err(PartitionError::NotLeaderOrFollower);
         }
-        let mut batch_bytes = BytesMut::from(&records[..]);
-        let mut first_base = None;
-        let mut end = None;
-        for size in sizes {
-            let batch = batch_bytes.split_to(size);
-            let header = BatchHeader::parse(&batch)?;
-            if header.producer_id() >= 0 {
-                match self.producers.borrow().check(&header) {
-                    SequenceCheck::Append => {}
-                    SequenceCheck::Duplicate { base_offset } => {
-                        first_base.get_or_insert(base_offset);
-                        continue;
-                    }
-                    SequenceCheck::OutOfOrder => return Err(PartitionError::OutOfOrderSequence),
-                    SequenceCheck::InvalidEpoch => {
-                        return Err(PartitionError::InvalidProducerEpoch)
-                    }
+        let mut batch = BytesMut::from(&records[..produced.size]);
+        record::normalize_header(&mut batch, produced);
+        let header = BatchHeader::parse(&batch)?;
+        if header.producer_id() >= 0 {
+            match self.producers.borrow().check(&header) {
+                SequenceCheck::Append => {}
+                // A duplicate: answer once the original is.
+                SequenceCheck::Duplicate { base_offset } => {
+                    return Ok((base_offset, self.log_end_offset()))
                 }
+                SequenceCheck::OutOfOrder => return Err(PartitionError::OutOfOrderSequence),
+                SequenceCheck::InvalidEpoch => return Err(PartitionError::InvalidProducerEpoch),
             }
-            let epoch = self.leader_epoch();
-            let (base, last) = self.append_batch(batch, Some(epoch)).await?;
-            first_base.get_or_insert(base);
-            end = Some(last + 1);
         }
-        let first_base = first_base.expect("at least one batch");
-        // Every batch a duplicate: answer once the originals are.
-        Ok((first_base, end.unwrap_or_else(|| self.log_end_offset())))
+        let epoch = self.leader_epoch();
+        let (base, last) = self.append_batch(batch, Some(epoch)).await?;
+        Ok((base, last + 1))
     }
 
     /// Waits for the local log to be durable up to `end`; `None` if it is.
@@ -430,20 +425,39 @@ impl Partition {
     }
 
     /// Reads batches from `offset` for a consumer of the leader, bounded by
-    /// the high watermark.
+    /// the high watermark; at least one batch, however large.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<FetchedData, PartitionError> {
+        self.read_bounded(offset, max_bytes, usize::MAX).await
+    }
+
+    /// As `read`, at most `max_bytes`, except that the first batch is
+    /// returned above that if it is at most `first_batch_max_bytes` (a
+    /// fetch's memory grant): nothing larger than either is read into memory.
+    pub async fn read_bounded(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        first_batch_max_bytes: usize,
+    ) -> Result<FetchedData, PartitionError> {
         if !self.is_leader() {
             return Err(PartitionError::NotLeaderOrFollower);
         }
-        self.read_below(offset, max_bytes, self.high_watermark())
-            .await
+        self.read_below(
+            offset,
+            max_bytes,
+            first_batch_max_bytes,
+            self.high_watermark(),
+        )
+        .await
     }
 
-    /// Reads whole batches from `offset`, stopping before `end`.
+    /// Reads whole batches from `offset`, stopping before `end`, bounded as
+    /// `read_bounded`.
     pub async fn read_below(
         &self,
         offset: i64,
         max_bytes: usize,
+        first_batch_max_bytes: usize,
         end: i64,
     ) -> Result<FetchedData, PartitionError> {
         let hw = self.high_watermark();
@@ -457,10 +471,14 @@ impl Partition {
         if offset < start || offset > leo {
             return Err(PartitionError::OffsetOutOfRange(offset));
         }
-        if offset >= end {
+        if offset >= end || max_bytes.max(first_batch_max_bytes) == 0 {
             return Ok(data(RecordSet::default()));
         }
-        if let Some(b) = self.cache.borrow().read(offset, end, max_bytes) {
+        let cached = self
+            .cache
+            .borrow()
+            .read(offset, end, max_bytes, first_batch_max_bytes);
+        if let Some(b) = cached {
             return Ok(data(b));
         }
         let mut cursor = offset;
@@ -468,8 +486,10 @@ impl Partition {
             let Some(plan) = self.log.borrow().locate(cursor) else {
                 return Ok(data(RecordSet::default()));
             };
-            let bytes = read_batches(&plan, cursor, end, max_bytes).await?;
-            match (bytes.is_empty(), plan.next_segment) {
+            let (bytes, limited) =
+                read_batches_bounded(&plan, cursor, end, max_bytes, first_batch_max_bytes).await?;
+            // Empty at a byte limit: the next batch is too large, not absent.
+            match (bytes.is_empty() && !limited, plan.next_segment) {
                 (true, Some(next)) if next < end => cursor = next.max(cursor),
                 _ => return Ok(data(bytes)),
             }
@@ -523,9 +543,8 @@ impl Partition {
                 };
                 let batch = rest.split_to(size);
                 if max_ts >= timestamp {
-                    let positions = record::record_positions(&batch)?;
-                    if let Some(p) = positions
-                        .iter()
+                    let limit = self.batch_limits.max_decompressed_bytes;
+                    if let Some(p) = record::record_positions(&batch, limit)
                         .find(|p| p.timestamp >= timestamp && p.offset >= cursor)
                     {
                         return Ok(Some((p.offset, p.timestamp)));
@@ -612,7 +631,80 @@ mod tests {
             index_interval_bytes: 4096,
             write_buffer_bytes: 64 * 1024,
             max_batch_bytes: 1 << 20,
+            max_decompressed_batch_bytes: 16 << 20,
             preallocate: true,
+        }
+    }
+
+    /// A partition of a one-broker cluster that leads it.
+    async fn leader(
+        dir: &std::path::Path,
+        config: LogConfig,
+        budget: Rc<CacheBudget>,
+    ) -> Rc<Partition> {
+        let space = Rc::new(SpaceGuard::unlimited());
+        let p = Partition::open(
+            dir,
+            "t",
+            uuid::Uuid::nil(),
+            0,
+            config,
+            budget,
+            space,
+            true,
+            1,
+            30_000,
+        )
+        .await
+        .unwrap();
+        let role = Assignment {
+            role: replica::Role::Leader,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            replicas: vec![1],
+            isr: vec![1],
+            ineligible: Default::default(),
+            min_insync_replicas: 1,
+        };
+        p.assign(&role, 0);
+        p
+    }
+
+    #[test]
+    fn a_bounded_read_returns_nothing_rather_than_skip_a_batch_too_large() {
+        for cache_bytes in [0, 64 << 20] {
+            run(move || async move {
+                let dir = tempfile::tempdir().unwrap();
+                crate::log::probe_device(dir.path()).await.unwrap();
+                let config = LogConfig {
+                    segment_bytes: 64 * 1024,
+                    ..config()
+                };
+                let p = leader(dir.path(), config, CacheBudget::new(cache_bytes)).await;
+                let small = make_batch(3, Compression::None, 0).len();
+                let big = make_batch(50, Compression::None, 0).len();
+                for n in std::iter::repeat_n(3, 20)
+                    .chain([50])
+                    .chain(std::iter::repeat_n(3, 400))
+                {
+                    let batch = make_batch(n, Compression::None, 0).freeze();
+                    p.produce(batch, Acks::None, Duration::from_secs(5), |_| {})
+                        .await
+                        .unwrap();
+                }
+                p.write_out(true).await.unwrap();
+                assert!(p.log.borrow().segments.len() > 2, "later segments exist");
+                // The big batch holds offsets 60..=109.
+                let none = p.read_bounded(70, 10, big - 1).await.unwrap();
+                assert!(none.records.is_empty(), "cache {cache_bytes}");
+                let one = p.read_bounded(70, 10, big).await.unwrap();
+                let bytes = one.records.to_bytes();
+                let base = BatchHeader::parse(&bytes).unwrap().base_offset();
+                assert_eq!((bytes.len(), base), (big, 60));
+                // After the first batch, max_bytes alone counts.
+                let two = p.read_bounded(0, small + 1, big).await.unwrap();
+                assert_eq!(two.records.len(), small);
+            });
         }
     }
 
@@ -621,33 +713,7 @@ mod tests {
         run(|| async {
             let dir = tempfile::tempdir().unwrap();
             crate::log::probe_device(dir.path()).await.unwrap();
-            let space = Rc::new(SpaceGuard::unlimited());
-            let p = Partition::open(
-                dir.path(),
-                "t",
-                uuid::Uuid::nil(),
-                0,
-                config(),
-                CacheBudget::new(0),
-                space,
-                true,
-                1,
-                30_000,
-            )
-            .await
-            .unwrap();
-            p.assign(
-                &Assignment {
-                    role: replica::Role::Leader,
-                    leader_epoch: 0,
-                    partition_epoch: 0,
-                    replicas: vec![1],
-                    isr: vec![1],
-                    ineligible: Default::default(),
-                    min_insync_replicas: 1,
-                },
-                0,
-            );
+            let p = leader(dir.path(), config(), CacheBudget::new(0)).await;
             let flushes = Rc::new(RefCell::new(Vec::new()));
             for i in 0..5 {
                 let f = flushes.clone();

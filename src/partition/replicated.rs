@@ -109,6 +109,7 @@ impl Partition {
         offset: i64,
         last_fetched_epoch: i32,
         max_bytes: usize,
+        first_batch_max_bytes: usize,
         now_ms: u64,
     ) -> Result<FollowerRead, PartitionError> {
         if !self.is_leader() {
@@ -141,7 +142,9 @@ impl Partition {
         if let Some(hw) = effects.high_watermark {
             self.high_watermark_moved(hw);
         }
-        let data = self.read_below(offset, max_bytes, leo).await?;
+        let data = self
+            .read_below(offset, max_bytes, first_batch_max_bytes, leo)
+            .await?;
         Ok(FollowerRead {
             data,
             diverging: None,
@@ -175,7 +178,7 @@ impl Partition {
         if self.space.is_full() || self.is_stalled() {
             return Err(PartitionError::NoSpace);
         }
-        let sizes = record::split_replicated(&records, self.max_batch_bytes)?;
+        let sizes = record::split_replicated(&records, self.batch_limits.max_batch_bytes)?;
         let _permit = self
             .append_lock
             .acquire_permit(1)

@@ -41,6 +41,7 @@ use crate::cluster::CONSUMER_OFFSETS_TOPIC;
 use crate::group::coordinator::{now_ms, JoinOutcome, JoinRequest, JoinResult, SyncOutcome};
 use crate::group::offsets_partition_for;
 use crate::group::records::{subscribed_topics, GroupValue, Key, OffsetValue};
+use crate::record::{readable_records, BatchHeader, BATCH_HEADER_BYTES};
 use crate::shard::Shard;
 
 /// Who sent a request: JoinGroup records it per member.
@@ -155,51 +156,61 @@ async fn persist(
 }
 
 /// Rebuilds the groups stored in one `__consumer_offsets` partition this
-/// shard now leads, reading its whole log.
+/// shard now leads, reading its whole log. Records are read with the
+/// bounded iteration of `record`; a batch that cannot be read (stored by an
+/// older version) is skipped with a warning.
 pub async fn load_partition_groups(
     shard: &Rc<Shard>,
     p: &Rc<crate::partition::Partition>,
 ) -> Result<(), String> {
     let now = Instant::now();
+    let limit = shard.config.max_decompressed_batch_bytes;
     let mut offset = p.log_start_offset();
     let end = p.log_end_offset();
     while offset < end {
         let data = p
-            .read_below(offset, 1 << 20, end)
+            .read_below(offset, 1 << 20, usize::MAX, end)
             .await
             .map_err(|e| e.to_string())?;
-        if data.records.is_empty() {
-            break;
-        }
-        let mut buf = data.records.to_bytes();
-        while !buf.is_empty() {
-            let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf)
-                .map_err(|e| e.to_string())?;
-            for r in set.records {
-                offset = offset.max(r.offset + 1);
-                let Some(key) = r.key.as_deref().and_then(Key::decode) else {
-                    continue;
-                };
-                match key {
-                    Key::Offset {
-                        group,
-                        topic,
-                        partition,
-                    } => {
-                        let v = r.value.as_deref().and_then(OffsetValue::decode);
-                        shard.groups.apply_offset(&group, &topic, partition, v);
-                    }
-                    Key::Group { group } => {
-                        let v = r.value.as_deref().and_then(GroupValue::decode);
-                        shard.groups.apply_group(&group, v, now);
-                    }
-                }
+        let bytes = data.records.to_bytes();
+        let mut rest = &bytes[..];
+        let before = offset;
+        while let Ok(h) = BatchHeader::parse(rest) {
+            let size = h.total_size().clamp(BATCH_HEADER_BYTES, rest.len());
+            offset = offset.max(h.last_offset() + 1);
+            for r in readable_records(&rest[..size], limit, true) {
+                apply_record(shard, r, now);
             }
+            rest = &rest[size..];
+        }
+        if offset <= before {
+            break;
         }
     }
     shard.groups.loaded.borrow_mut().insert(p.index);
-    tracing::info!(partition = p.index, "consumer groups loaded");
+    tracing::debug!(partition = p.index, "consumer groups loaded");
     Ok(())
+}
+
+/// Applies one `__consumer_offsets` record to the shard's groups.
+fn apply_record(shard: &Shard, r: crate::record::Record, now: Instant) {
+    let Some(key) = r.key.as_deref().and_then(Key::decode) else {
+        return;
+    };
+    match key {
+        Key::Offset {
+            group,
+            topic,
+            partition,
+        } => {
+            let v = r.value.as_deref().and_then(OffsetValue::decode);
+            shard.groups.apply_offset(&group, &topic, partition, v);
+        }
+        Key::Group { group } => {
+            let v = r.value.as_deref().and_then(GroupValue::decode);
+            shard.groups.apply_group(&group, v, now);
+        }
+    }
 }
 
 /// Expires members and completes rebalances on this shard, forever.

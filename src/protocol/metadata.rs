@@ -93,6 +93,10 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
     };
     let auto_create =
         shard.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    // Each topic is answered once however often it is named, as Kafka does:
+    // otherwise a small request naming one topic of 10,000 partitions over
+    // and over would build a response thousands of times its own size.
+    let mut answered = HashSet::new();
     for t in requested {
         let name = match (&t.name, t.topic_id.is_nil()) {
             (Some(n), _) => n.0.to_string(),
@@ -109,6 +113,9 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             },
             (None, true) => continue,
         };
+        if !answered.insert(name.clone()) {
+            continue;
+        }
         if !valid_topic_name(&name) {
             response.topics.push(error_topic(
                 Some(&name),

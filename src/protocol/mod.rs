@@ -13,6 +13,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 mod producer_id;
+pub mod schema;
 mod topics;
 
 use std::rc::Rc;
@@ -26,7 +27,7 @@ use thiserror::Error;
 use crate::cluster::controller::ControllerError;
 use crate::partition::PartitionError;
 use crate::record::BatchError;
-use crate::shard::Shard;
+use crate::shard::{Grant, Shard};
 
 /// API keys served, with the version range for each. Lower bounds are the
 /// codec's; upper bounds are the newest versions whose semantics are built.
@@ -73,6 +74,14 @@ pub enum ProtocolError {
     UnsupportedVersion(ApiKey, i16),
     #[error("malformed {0:?} request: {1}")]
     Malformed(ApiKey, String),
+    #[error("request frame of {0} bytes is too short for an API key and version")]
+    ShortFrame(usize),
+    #[error("malformed {api_key:?} v{version} request refused before decoding: {source}")]
+    OutOfBounds {
+        api_key: ApiKey,
+        version: i16,
+        source: schema::BoundsError,
+    },
 }
 
 /// A request read off a connection, decoded on the connection's shard.
@@ -86,8 +95,13 @@ pub struct Decoded {
 }
 
 /// Decodes one request frame (without its length prefix). An error closes
-/// the connection, as Kafka does.
+/// the connection, as Kafka does. Every frame is first walked against the
+/// request's schema (`schema::check_request`) so the codec only ever sees
+/// counts and lengths that fit in the frame.
 pub fn decode(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
+    if frame.len() < 4 {
+        return Err(ProtocolError::ShortFrame(frame.len()));
+    }
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let api_key = ApiKey::try_from(raw_key).map_err(|_| ProtocolError::UnknownApiKey(raw_key))?;
@@ -95,9 +109,18 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
         return Err(ProtocolError::UnsupportedVersion(api_key, version));
     };
     let malformed = |e: anyhow::Error| ProtocolError::Malformed(api_key, e.to_string());
+    let refused = |source: schema::BoundsError| {
+        tracing::warn!(?api_key, version, error = %source, "malformed request refused");
+        ProtocolError::OutOfBounds {
+            api_key,
+            version,
+            source,
+        }
+    };
     if api_key == ApiKey::ApiVersions && !(min..=max).contains(&version) {
         // Kafka parses the header of an unknown ApiVersions version as v1
         // (no tagged fields) so it can answer with its supported versions.
+        schema::check_header(&frame, 1).map_err(refused)?;
         let header = RequestHeader::decode(&mut frame, 1).map_err(malformed)?;
         return Ok(Decoded {
             api_key,
@@ -109,8 +132,9 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
     if !(min..=max).contains(&version) {
         return Err(ProtocolError::UnsupportedVersion(api_key, version));
     }
-    let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
-        .map_err(malformed)?;
+    let header_version = api_key.request_header_version(version);
+    schema::check_request(&frame, header_version).map_err(refused)?;
+    let header = RequestHeader::decode(&mut frame, header_version).map_err(malformed)?;
     let request = RequestKind::decode(api_key, &mut frame, version).map_err(malformed)?;
     Ok(Decoded {
         api_key,
@@ -140,10 +164,12 @@ pub async fn handle(
         None => (ResponseKind::ApiVersions(api_versions::unsupported()), 0),
         // Fetch responses keep their record sets by reference.
         Some(RequestKind::Fetch(r)) => {
-            let reply = fetch::handle(&shard, r, d.version).await;
+            let mut reply = fetch::handle(&shard, r, d.version).await;
             let mut frame = FrameBuilder::new(ApiKey::Fetch, d.version, correlation_id);
             reply.encode(&mut frame, d.version);
-            return Some(frame.finish());
+            let mut frame = frame.finish();
+            frame.memory = reply.take_grant();
+            return Some(frame);
         }
         Some(request) => (
             dispatch(&shard, request, d.version, client).await?,
@@ -154,11 +180,24 @@ pub async fn handle(
     Some(ResponseFrame::from_encoded(body))
 }
 
+/// Most bytes the response to `d` may take while it waits to be written, as
+/// far as the request says: a fetch's response limit; other responses are
+/// small and counted once built.
+pub fn response_bytes_bound(d: &Decoded) -> usize {
+    match &d.request {
+        Some(RequestKind::Fetch(r)) => fetch::response_bytes_bound(r),
+        _ => 0,
+    }
+}
+
 /// A response frame ready to write: the 4-byte length prefix, the header
 /// and the body, as parts written in order with one vectored send.
 #[derive(Debug, Default)]
 pub struct ResponseFrame {
     pub parts: Vec<Bytes>,
+    /// The budget its record sets are counted against, given back once the
+    /// frame is written or dropped.
+    pub memory: Option<Grant>,
 }
 
 impl ResponseFrame {
@@ -169,6 +208,7 @@ impl ResponseFrame {
         (&mut out[..4]).put_i32(len);
         ResponseFrame {
             parts: vec![out.freeze()],
+            memory: None,
         }
     }
 
@@ -226,7 +266,10 @@ impl FrameBuilder {
         let len: usize = self.parts.iter().map(Bytes::len).sum();
         let prefix = Bytes::copy_from_slice(&(len as i32).to_be_bytes());
         self.parts.insert(0, prefix);
-        ResponseFrame { parts: self.parts }
+        ResponseFrame {
+            parts: self.parts,
+            memory: None,
+        }
     }
 }
 
@@ -333,9 +376,7 @@ fn encode_response(
 /// Maps a partition-level error to its Kafka error code.
 pub fn partition_error_code(e: &PartitionError) -> ResponseError {
     match e {
-        PartitionError::Batch(BatchError::BadCrc { .. }) => ResponseError::CorruptMessage,
-        PartitionError::Batch(BatchError::TooLarge(_)) => ResponseError::MessageTooLarge,
-        PartitionError::Batch(_) => ResponseError::InvalidRecord,
+        PartitionError::Batch(b) => batch_error_code(b),
         PartitionError::Log(crate::log::LogError::OffsetOutOfRange(_)) => {
             ResponseError::OffsetOutOfRange
         }
@@ -379,6 +420,30 @@ pub fn controller_error_code(e: &ControllerError) -> ResponseError {
         C::ElectionNotNeeded => ResponseError::ElectionNotNeeded,
         C::PreferredLeaderNotAvailable => ResponseError::PreferredLeaderNotAvailable,
         C::EligibleLeadersNotAvailable => ResponseError::EligibleLeadersNotAvailable,
+    }
+}
+
+/// The code Kafka answers a refused batch with: CORRUPT_MESSAGE where its
+/// framing, CRC or compressed payload is damaged (Kafka itself answers
+/// UNKNOWN_SERVER_ERROR for a payload its codec cannot read; the batch, not
+/// the broker, is at fault), INVALID_RECORD for what Kafka's LogValidator
+/// refuses, and the specific codes for size, codec and timestamps.
+fn batch_error_code(e: &BatchError) -> ResponseError {
+    match e {
+        BatchError::BadCrc { .. }
+        | BatchError::BadLength(_)
+        | BatchError::CorruptCompressed { .. } => ResponseError::CorruptMessage,
+        // Kafka refuses magic 0 and 1 in a v3+ produce as invalid, and
+        // any other magic as corrupt.
+        BatchError::BadMagic(0 | 1) => ResponseError::InvalidRecord,
+        BatchError::BadMagic(_) => ResponseError::CorruptMessage,
+        BatchError::TooLarge(_) => ResponseError::MessageTooLarge,
+        BatchError::UnsupportedCompression(_) => ResponseError::UnsupportedCompressionType,
+        BatchError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp,
+        BatchError::Truncated(_)
+        | BatchError::Invalid(_)
+        | BatchError::DecompressedTooLarge { .. }
+        | BatchError::BadRecord { .. } => ResponseError::InvalidRecord,
     }
 }
 

@@ -3,18 +3,21 @@
 
 use std::rc::Rc;
 
+use bytes::Bytes;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::ResponseError;
 
-use super::partition_error_code;
+use super::{partition_error_code, str_bytes};
+use crate::cluster::image::TopicImage;
 use crate::partition::{Acks, Appended};
+use crate::record::{BatchHeader, Codec};
 use crate::shard::Shard;
 use std::time::Duration;
 
-type PartitionResult = Result<Appended, ResponseError>;
+type PartitionResult = Result<Appended, (ResponseError, String)>;
 
 /// Appends on the owner shard. Runs there.
 async fn produce_on_owner(
@@ -26,7 +29,8 @@ async fn produce_on_owner(
     timeout: Duration,
 ) -> PartitionResult {
     let Some(partition) = shard.partition(&topic, index) else {
-        return Err(shard.missing_partition_error(&topic, index));
+        let e = shard.missing_partition_error(&topic, index);
+        return Err((e, e.to_string()));
     };
     let s = shard.clone();
     partition
@@ -34,14 +38,44 @@ async fn produce_on_owner(
         .await
         .map_err(|e| {
             tracing::debug!(topic, index, error = %e, "produce refused");
-            partition_error_code(&e)
+            (partition_error_code(&e), e.to_string())
         })
+}
+
+/// Refusals Kafka answers before the partition looks at the records.
+fn early_error(
+    acks: i16,
+    version: i16,
+    meta: Option<&TopicImage>,
+    index: i32,
+    records: Option<&Bytes>,
+) -> Option<ResponseError> {
+    if !matches!(acks, -1..=1) {
+        return Some(ResponseError::InvalidRequiredAcks);
+    }
+    let Some(meta) = meta.filter(|m| (0..m.partition_count()).contains(&index)) else {
+        return Some(ResponseError::UnknownTopicOrPartition);
+    };
+    // Only the broker itself writes its internal topics (Kafka's
+    // ReplicaManager refuses client appends to them).
+    if meta.internal {
+        return Some(ResponseError::InvalidTopicException);
+    }
+    let Some(records) = records.filter(|r| !r.is_empty()) else {
+        return Some(ResponseError::InvalidRecord);
+    };
+    // zstd arrived with produce v7 (Kafka's ProduceRequest.validateRecords).
+    let codec = BatchHeader::parse(records).map(|h| h.compression_codec());
+    if version < 7 && codec == Ok(Codec::Zstd as i16) {
+        return Some(ResponseError::UnsupportedCompressionType);
+    }
+    None
 }
 
 pub async fn handle(
     shard: &Rc<Shard>,
     req: ProduceRequest,
-    _version: i16,
+    version: i16,
 ) -> Option<ProduceResponse> {
     let acks = req.acks;
     let mode = match acks {
@@ -63,15 +97,13 @@ pub async fn handle(
                 .with_base_offset(-1)
                 .with_log_append_time_ms(-1)
                 .with_log_start_offset(-1);
-            let early = if !matches!(acks, -1..=1) {
-                Some(ResponseError::InvalidRequiredAcks)
-            } else if meta.is_none_or(|m| p.index < 0 || p.index >= m.partition_count()) {
-                Some(ResponseError::UnknownTopicOrPartition)
-            } else if p.records.as_ref().is_none_or(|r| r.is_empty()) {
-                Some(ResponseError::InvalidRecord)
-            } else {
-                None
-            };
+            let early = early_error(
+                acks,
+                version,
+                meta.map(|m| &**m),
+                p.index,
+                p.records.as_ref(),
+            );
             if early.is_none() {
                 let owner = shard.owner(&name, p.index);
                 let (topic, index, records) =
@@ -100,12 +132,16 @@ pub async fn handle(
     }
     for ((t, p), result) in slots.into_iter().zip(results) {
         let slot = &mut topics[t].partition_responses[p];
-        match result.unwrap_or(Err(ResponseError::BrokerNotAvailable)) {
+        let gone = ResponseError::BrokerNotAvailable;
+        match result.unwrap_or(Err((gone, gone.to_string()))) {
             Ok(a) => {
                 slot.base_offset = a.base_offset;
                 slot.log_start_offset = a.log_start_offset;
             }
-            Err(e) => slot.error_code = e.code(),
+            Err((e, message)) => {
+                slot.error_code = e.code();
+                slot.error_message = Some(str_bytes(&message));
+            }
         }
     }
     Some(ProduceResponse::default().with_responses(topics))

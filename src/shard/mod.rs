@@ -10,6 +10,13 @@
 //! Each shard also owns a free-space guard for the data directory, refreshed
 //! by its disk watcher, which also retries the writes of its partitions that
 //! met a full file system.
+//!
+//! Memory limits per shard (its share of the broker-wide budgets, the frame
+//! pool) are in [`budget`].
+
+mod budget;
+
+pub use budget::{buffer_class_size, Budget, BufferPool, Grant};
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -75,6 +82,14 @@ pub struct Shard {
     /// Free space of the data directory's file system, as this shard sees it.
     pub space: Rc<SpaceGuard>,
     pub in_flight: Cell<usize>,
+    /// Bytes of request frames read and not yet handled (this shard's share
+    /// of `queued_max_request_bytes`).
+    pub request_budget: Rc<Budget>,
+    /// Bytes of fetch responses of this shard's connections being read or
+    /// written (its share of `max_in_flight_fetch_bytes`).
+    pub fetch_budget: Rc<Budget>,
+    /// Idle frame buffers for reuse by this shard's connections.
+    pub frame_pool: Rc<BufferPool>,
     pub shutting_down: Cell<bool>,
     /// Coordinator of the groups whose `__consumer_offsets` partitions live here.
     pub groups: crate::group::GroupCoordinator,
@@ -90,6 +105,12 @@ impl Shard {
     ) -> Rc<Shard> {
         let (doorbell, rx) = local_channel::new_bounded(1);
         let budget = CacheBudget::new(config.batch_cache_bytes_per_shard(count));
+        let request_budget = Budget::new(config.request_bytes_per_shard(count));
+        let fetch_budget = Budget::new(config.fetch_bytes_per_shard(count));
+        let frame_pool = Rc::new(BufferPool::new(
+            config.frame_pool_bytes,
+            crate::config::FRAME_POOL_MAX_BUFFER_BYTES,
+        ));
         let groups = crate::group::GroupCoordinator::new(crate::group::GroupConfig {
             min_session_timeout_ms: config.group_min_session_timeout_ms,
             max_session_timeout_ms: config.group_max_session_timeout_ms,
@@ -122,6 +143,9 @@ impl Shard {
             doorbell_rx: RefCell::new(Some(rx)),
             offline: RefCell::new(HashSet::new()),
             in_flight: Cell::new(0),
+            request_budget,
+            fetch_budget,
+            frame_pool,
             shutting_down: Cell::new(false),
         })
     }
@@ -229,6 +253,7 @@ impl Shard {
             index_interval_bytes: self.config.index_interval_bytes as u64,
             write_buffer_bytes: self.config.write_buffer_bytes,
             max_batch_bytes: self.config.max_message_bytes,
+            max_decompressed_batch_bytes: self.config.max_decompressed_batch_bytes,
             preallocate: self.config.preallocate,
         }
     }

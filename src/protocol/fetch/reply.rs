@@ -1,245 +1,34 @@
-//! Fetch (key 1), v4-16: whole batches from each partition's owner shard,
-//! with long polling: a fetch short of min_bytes waits until a partition's
-//! high watermark moves (a consumer) or its log end moves (a follower), or
-//! max_wait elapses. No fetch sessions: every fetch is a full fetch
-//! (session id 0), which all clients accept.
+//! The fetch response, encoded here rather than by the codec so that record
+//! sets are written from the buffers they were read into, without a copy.
 //!
-//! Consumers read from leaders only, below the high watermark. A follower's
-//! fetch (replica id >= 0) reads up to the log end, tells the leader where
-//! the follower is (high watermark, ISR), and answers a divergent follower
-//! with the epoch where it must truncate (v12+).
-
-use std::rc::Rc;
-use std::time::{Duration, Instant};
+//! Built and encoded on the connection's shard; the response owns its
+//! record sets and the fetch budget they are counted against.
 
 use bytes::{BufMut, BytesMut};
-use kafka_protocol::messages::fetch_request::FetchRequest;
-use kafka_protocol::ResponseError;
 
-use super::{partition_error_code, FrameBuilder};
-use crate::config::MAX_FETCH_WAIT_MS;
+use super::ReadResult;
 use crate::partition::epochs::EpochEnd;
-use crate::partition::FetchedData;
+use crate::protocol::FrameBuilder;
 use crate::record::RecordSet;
-use crate::shard::Shard;
-
-/// One partition of the fetch, resolved to a topic name.
-#[derive(Clone)]
-struct Wanted {
-    topic_slot: usize,
-    topic: String,
-    index: i32,
-    offset: i64,
-    max_bytes: usize,
-    current_leader_epoch: i32,
-    last_fetched_epoch: i32,
-    /// The fetching replica, or -1 for a consumer.
-    replica: i32,
-    error: Option<ResponseError>,
-}
-
-/// A partition's answer: records and offsets, and for a follower whose log
-/// diverges, where it must truncate.
-struct Read {
-    data: FetchedData,
-    diverging: Option<EpochEnd>,
-}
-
-type ReadResult = Result<Read, ResponseError>;
-
-async fn read_on_owner(shard: Rc<Shard>, w: Wanted, max_bytes: usize) -> ReadResult {
-    let partition = shard.serving_partition(&w.topic, w.index)?;
-    let code = |e: crate::partition::PartitionError| partition_error_code(&e);
-    partition
-        .check_leader_epoch(w.current_leader_epoch)
-        .map_err(code)?;
-    if w.replica >= 0 {
-        let now = crate::shard::now_ms();
-        let read = partition
-            .serve_follower(w.replica, w.offset, w.last_fetched_epoch, max_bytes, now)
-            .await
-            .map_err(code)?;
-        shard.handle_effects(&partition, read.effects);
-        return Ok(Read {
-            data: read.data,
-            diverging: read.diverging,
-        });
-    }
-    let data = partition.read(w.offset, max_bytes).await.map_err(|e| {
-        tracing::debug!(topic = %w.topic, index = w.index, offset = w.offset, error = %e, "fetch read refused");
-        code(e)
-    })?;
-    Ok(Read {
-        data,
-        diverging: None,
-    })
-}
-
-async fn wait_on_owner(shard: Rc<Shard>, w: Wanted, threshold: i64, timeout: Duration) {
-    if let Some(p) = shard.partition(&w.topic, w.index) {
-        if w.replica >= 0 {
-            p.wait_for_append(threshold, timeout).await;
-        } else {
-            p.wait_for_data(threshold, timeout).await;
-        }
-    }
-}
-
-pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchReply {
-    let table = shard.image();
-    let replica = if version >= 15 {
-        req.replica_state.replica_id.0
-    } else {
-        req.replica_id.0
-    };
-    let mut topics = Vec::new();
-    let mut wanted = Vec::new();
-    for t in &req.topics {
-        let meta = if version >= 13 {
-            table.topic_by_id(&t.topic_id)
-        } else {
-            table.topic(t.topic.0.as_str())
-        };
-        let unknown = if version >= 13 {
-            ResponseError::UnknownTopicId
-        } else {
-            ResponseError::UnknownTopicOrPartition
-        };
-        let name = meta
-            .map(|m| m.name.clone())
-            .unwrap_or_else(|| t.topic.0.to_string());
-        for p in &t.partitions {
-            let error = match meta {
-                None => Some(unknown),
-                Some(m) if p.partition < 0 || p.partition >= m.partition_count() => {
-                    Some(ResponseError::UnknownTopicOrPartition)
-                }
-                Some(_) => None,
-            };
-            wanted.push(Wanted {
-                topic_slot: topics.len(),
-                topic: name.clone(),
-                index: p.partition,
-                offset: p.fetch_offset,
-                max_bytes: p.partition_max_bytes.max(0) as usize,
-                current_leader_epoch: p.current_leader_epoch,
-                last_fetched_epoch: if version >= 12 {
-                    p.last_fetched_epoch
-                } else {
-                    -1
-                },
-                replica,
-                error,
-            });
-        }
-        topics.push(TopicReply {
-            name,
-            topic_id: t.topic_id,
-            partitions: Vec::new(),
-        });
-    }
-    let max_bytes = if req.max_bytes > 0 {
-        req.max_bytes as usize
-    } else {
-        usize::MAX
-    };
-    let min_bytes = req.min_bytes.max(0) as usize;
-    let deadline = Instant::now()
-        + Duration::from_millis((req.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT_MS));
-    let mut results = read_all(shard, &wanted, max_bytes).await;
-    loop {
-        let total: usize = results
-            .iter()
-            .map(|r| r.as_ref().map_or(0, |d| d.data.records.len()))
-            .sum();
-        let any_error = results
-            .iter()
-            .any(|r| r.as_ref().map_or(true, |d| d.diverging.is_some()));
-        let now = Instant::now();
-        if total >= min_bytes.max(1)
-            || any_error
-            || now >= deadline
-            || wanted.is_empty()
-            || shard.shutting_down.get()
-        {
-            break;
-        }
-        let thresholds: Vec<i64> = wanted
-            .iter()
-            .zip(&results)
-            .map(|(w, r)| match r {
-                Ok(d) if w.replica < 0 => d.data.high_watermark.max(w.offset),
-                _ => w.offset,
-            })
-            .collect();
-        wait_any(shard, &wanted, &thresholds, deadline - now).await;
-        results = read_all(shard, &wanted, max_bytes).await;
-    }
-    for (w, r) in wanted.iter().zip(results) {
-        topics[w.topic_slot]
-            .partitions
-            .push(PartitionReply::new(w.index, r));
-    }
-    FetchReply { topics }
-}
-
-/// Reads every wanted partition concurrently, then trims to the response
-/// limit (the first non-empty partition is always kept whole).
-async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: usize) -> Vec<ReadResult> {
-    let futures = wanted.iter().map(|w| {
-        let (w, limit) = (w.clone(), w.max_bytes.min(max_bytes));
-        let owner = shard.owner(&w.topic, w.index);
-        async move {
-            if let Some(e) = w.error {
-                return Err(e);
-            }
-            shard
-                .invoke_on(owner, move |s| read_on_owner(s, w, limit))
-                .await
-                .unwrap_or(Err(ResponseError::BrokerNotAvailable))
-        }
-    });
-    let mut results = futures::future::join_all(futures).await;
-    let mut total = 0usize;
-    for r in results.iter_mut().flatten() {
-        if total > 0 && total + r.data.records.len() > max_bytes {
-            r.data.records = RecordSet::default();
-        }
-        total += r.data.records.len();
-    }
-    results
-}
-
-/// Resolves when any partition's high watermark passes its threshold.
-async fn wait_any(shard: &Rc<Shard>, wanted: &[Wanted], thresholds: &[i64], timeout: Duration) {
-    let waits: Vec<_> = wanted
-        .iter()
-        .zip(thresholds)
-        .map(|(w, threshold)| {
-            let (w, threshold) = (w.clone(), *threshold);
-            let owner = shard.owner(&w.topic, w.index);
-            Box::pin(shard.invoke_on(owner, move |s| wait_on_owner(s, w, threshold, timeout)))
-        })
-        .collect();
-    let timer = Box::pin(glommio::timer::sleep(timeout));
-    futures::future::select(futures::future::select_all(waits), timer).await;
-}
+use crate::shard::Grant;
 
 /// A fetch response. Encoded here rather than by the codec so that record
 /// sets are written from the buffers they were read into; every field the
 /// codec would write for these values is written the same way (tested
 /// against the codec for every version served).
 pub struct FetchReply {
-    topics: Vec<TopicReply>,
+    pub(super) topics: Vec<TopicReply>,
+    /// The fetch budget held by the record sets.
+    pub(super) grant: Option<Grant>,
 }
 
-struct TopicReply {
-    name: String,
-    topic_id: uuid::Uuid,
-    partitions: Vec<PartitionReply>,
+pub(super) struct TopicReply {
+    pub(super) name: String,
+    pub(super) topic_id: uuid::Uuid,
+    pub(super) partitions: Vec<PartitionReply>,
 }
 
-struct PartitionReply {
+pub(super) struct PartitionReply {
     index: i32,
     error_code: i16,
     high_watermark: i64,
@@ -249,7 +38,7 @@ struct PartitionReply {
 }
 
 impl PartitionReply {
-    fn new(index: i32, result: ReadResult) -> PartitionReply {
+    pub(super) fn new(index: i32, result: ReadResult) -> PartitionReply {
         match result {
             Ok(r) => PartitionReply {
                 index,
@@ -305,6 +94,11 @@ fn put_partition_tags(buf: &mut BytesMut, diverging: Option<EpochEnd>) {
 }
 
 impl FetchReply {
+    /// The budget held by the record sets, to be kept until they are sent.
+    pub fn take_grant(&mut self) -> Option<Grant> {
+        self.grant.take()
+    }
+
     /// Encodes the body for `version` (4 to 16).
     pub fn encode(&self, frame: &mut FrameBuilder, version: i16) {
         let flexible = version >= 12;
@@ -365,6 +159,7 @@ mod tests {
     };
     use kafka_protocol::messages::{ApiKey, BrokerId, ResponseHeader, TopicName};
     use kafka_protocol::protocol::Encodable;
+    use kafka_protocol::ResponseError;
 
     use crate::record::RecordSetBuilder;
 
@@ -418,6 +213,7 @@ mod tests {
                     partitions: Vec::new(),
                 },
             ],
+            grant: None,
         }
     }
 

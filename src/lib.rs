@@ -14,3 +14,4 @@ pub mod record;
 pub mod repair;
 pub mod server;
 pub mod shard;
+pub mod tune;

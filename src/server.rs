@@ -184,6 +184,7 @@ pub fn run(config: Config) -> Result<()> {
     raise_memlock();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    crate::tune::log_host_warnings(&config);
     let _lock = crate::log::lock::DataDirLock::acquire(&config.data_dir)?;
     write_meta_properties(&config)?;
     let mut table = TopicTable::load(&config.data_dir).context("loading topic table")?;

@@ -1,7 +1,7 @@
 //! `ringtail` command line: `serve` runs the broker, `bench` drives any
 //! Kafka-compatible broker, `groups` inspects consumer groups, `repair`
 //! salvages damaged partitions of a stopped broker, `tune` inspects and
-//! tunes the host.
+//! tunes the host and runs A/B tuning experiments.
 
 use std::path::PathBuf;
 
@@ -29,7 +29,7 @@ enum Command {
     Groups(ringtail::group::cli::GroupsArgs),
     /// Salvage the intact batches of damaged partitions (broker stopped).
     Repair(ringtail::repair::RepairArgs),
-    /// Host inspection and reversible tuning profiles.
+    /// Host inspection, reversible tuning profiles, A/B tuning experiments.
     Tune(ringtail::tune::TuneArgs),
 }
 

@@ -1,11 +1,12 @@
-//! `ringtail tune show|check|apply|revert`.
+//! `ringtail tune show|check|apply|revert|experiment`.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::apply;
 use super::check;
+use super::experiment;
 use super::inspect::{self, Subject};
 use super::knob;
 use super::profile::{self, TuningDir};
@@ -70,6 +71,19 @@ enum TuneCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Run an A/B experiment (tuning/experiments/NAME.toml or a path).
+    Experiment {
+        experiment: String,
+        /// Results directory (default tune-results/NAME-UNIXTIME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Keep each run's broker data directory.
+        #[arg(long)]
+        keep_data: bool,
+        /// Check the experiment and print the run order; run nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// The broker whose host is inspected or tuned.
@@ -109,7 +123,7 @@ pub fn run(args: TuneArgs) -> Result<()> {
     };
     if reads_only {
         // Commands that only print end quietly when their reader goes away
-        // (`| head`). Never for apply or revert: they must get
+        // (`| head`). Never for apply, revert or experiment: they must get
         // to their revert whatever happens to their output.
         // SAFETY: restores the default disposition of one signal before any
         // thread is started.
@@ -137,6 +151,20 @@ pub fn run(args: TuneArgs) -> Result<()> {
             list,
             force,
         } => revert_cmd(&host, snapshot.as_deref(), list, force, &state_dir),
+        TuneCommand::Experiment {
+            experiment,
+            out,
+            keep_data,
+            dry_run,
+        } => experiment_cmd(
+            &host,
+            &tuning,
+            &experiment,
+            out,
+            keep_data,
+            dry_run,
+            &state_dir,
+        ),
     }
 }
 
@@ -367,5 +395,57 @@ fn revert_cmd(
             println!("  {k:<44} {what}");
         }
     }
+    Ok(())
+}
+
+fn experiment_cmd(
+    host: &Host,
+    tuning: &TuningDir,
+    name: &str,
+    out: Option<PathBuf>,
+    keep_data: bool,
+    dry_run: bool,
+    state_dir: &std::path::Path,
+) -> Result<()> {
+    let exp = experiment::load(tuning, name)?;
+    if dry_run {
+        println!(
+            "experiment {}: {} variants x {} repeats, metric {}",
+            exp.name,
+            exp.variants.len(),
+            exp.repeats,
+            exp.metric.name()
+        );
+        for v in &exp.variants {
+            let knobs: Vec<String> = v
+                .settings
+                .iter()
+                .map(|(k, val)| format!("{k}={val:?}"))
+                .collect();
+            println!(
+                "  variant {}: host {} broker {}",
+                v.name,
+                knobs.join(" "),
+                toml::to_string(&v.broker)?.replace('\n', " ")
+            );
+        }
+        let order: Vec<String> = experiment::spec::run_order(&exp)
+            .iter()
+            .map(|(v, r)| format!("{}#{}", exp.variants[*v].name, r + 1))
+            .collect();
+        println!("  order: {}", order.join(" "));
+        return Ok(());
+    }
+    let out = out.unwrap_or_else(|| {
+        PathBuf::from("tune-results").join(format!("{}-{}", exp.name, snapshot::unix_now()))
+    });
+    let opts = experiment::RunOptions {
+        exe: std::env::current_exe().context("locating the ringtail binary")?,
+        out_dir: out,
+        state_dir: state_dir.to_owned(),
+        host: host.clone(),
+        keep_data,
+    };
+    experiment::run(&exp, &opts)?;
     Ok(())
 }

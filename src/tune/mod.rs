@@ -1,4 +1,5 @@
-//! `ringtail tune`: host inspection and reversible tuning profiles.
+//! `ringtail tune`: host inspection, reversible tuning profiles and A/B
+//! tuning experiments.
 //!
 //! Runs in its own process on the main thread (no shards, plain blocking
 //! reads and writes of /proc/sys and /sys); the broker calls only
@@ -14,14 +15,18 @@
 //! - `profile`: commented, layered TOML profiles from the top-level `tuning/`.
 //! - `snapshot` and `apply`: the state directory and its snapshots; plan,
 //!   apply and revert.
+//! - `experiment`: variants against a baseline with fresh brokers and
+//!   `ringtail bench` runs; `stats` and `report` turn runs into a verdict.
 
 pub mod apply;
 pub mod check;
 pub mod cli;
+pub mod experiment;
 pub mod inspect;
 pub mod knob;
 pub mod profile;
 pub mod snapshot;
+pub mod stats;
 pub mod sysfs;
 #[cfg(test)]
 mod testutil;
@@ -56,6 +61,10 @@ pub enum TuneError {
     Refused(String),
     #[error("{0}")]
     State(String),
+    #[error("{0}")]
+    Experiment(String),
+    #[error("interrupted; the host was reverted")]
+    Interrupted,
 }
 
 impl TuneError {

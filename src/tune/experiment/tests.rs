@@ -1,4 +1,4 @@
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::plot::svg;
 use super::report::{analyse, text, verdict};
@@ -225,4 +225,70 @@ fn the_report_and_plot_show_every_run() {
     assert_eq!(plot.matches("class=\"run\"").count(), 6);
     assert!(plot.starts_with("<svg") && plot.trim_end().ends_with("</svg>"));
     assert!(plot.contains("no difference detected"));
+}
+
+/// The source tree's `tuning/` folder.
+fn shipped() -> TuningDir {
+    TuningDir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tuning"))
+}
+
+fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for f in &files {
+        assert_eq!(
+            f.extension().and_then(|e| e.to_str()),
+            Some("toml"),
+            "only TOML in {}",
+            dir.display()
+        );
+    }
+    files
+}
+
+#[test]
+fn every_file_in_tuning_parses() {
+    let td = shipped();
+    let profiles = toml_files(&td.0.join("profiles"));
+    for required in ["baseline", "throughput", "latency"] {
+        assert!(
+            profiles.iter().any(|p| p.file_stem().unwrap() == required),
+            "no {required} profile"
+        );
+    }
+    for p in &profiles {
+        let profile =
+            crate::tune::profile::load(&td, p.to_str().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !profile.description.is_empty(),
+            "{} needs a description",
+            p.display()
+        );
+        assert!(!profile.settings.is_empty(), "{} sets nothing", p.display());
+    }
+    let experiments = toml_files(&td.0.join("experiments"));
+    assert!(experiments.len() >= 3);
+    for x in &experiments {
+        let e = load(&td, x.to_str().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !e.description.is_empty(),
+            "{} needs a description",
+            x.display()
+        );
+    }
+    let entries = std::fs::read_dir(&td.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap());
+    let mut names: Vec<String> = entries.collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["README.md", "experiments", "profiles"],
+        "unexpected files in tuning/"
+    );
 }

@@ -208,10 +208,10 @@ pub fn text(
         "lower is better"
     };
     s.push_str(&format!(
-        "metric {} ({better}); {} repeats per variant, {:?} order, seed {}; bench {} {}\n\n",
+        "metric {} ({better}); {} repeats per variant, {} order, seed {}; bench {} {}\n\n",
         exp.metric.name(),
         exp.repeats,
-        exp.order,
+        format!("{:?}", exp.order).to_lowercase(),
         exp.seed,
         exp.workload.mode,
         exp.workload.args.join(" ")
@@ -246,22 +246,30 @@ pub fn text(
 /// One line per variant: runs, median, ratio and its interval, adjusted
 /// p-value, and the medians of the host counters.
 fn summary_table(s: &mut String, summary: &[VariantSummary]) {
+    let label = |v: &VariantSummary| {
+        if v.baseline {
+            format!("{} (base)", v.name)
+        } else {
+            v.name.clone()
+        }
+    };
+    let w = summary
+        .iter()
+        .map(|v| label(v).len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
     s.push_str(&format!(
-        "\n{:<16} {:>4} {:>12} {:>8} {:>19} {:>8} {:>7} {:>9} {:>7} {:>9}\n",
+        "\n{:<w$} {:>4} {:>12} {:>8} {:>19} {:>8} {:>7} {:>9} {:>7} {:>9}\n",
         "variant", "runs", "median", "ratio", "95% CI", "p", "cpu%", "ctxsw/s", "disk%", "flush/s"
     ));
     for v in summary {
         let ci =
             v.ci.map(|(l, h)| format!("{l:.3} to {h:.3}"))
                 .unwrap_or_else(|| "-".into());
-        let name = if v.baseline {
-            format!("{} (base)", v.name)
-        } else {
-            v.name.clone()
-        };
         s.push_str(&format!(
-            "{:<16} {:>4} {:>12} {:>8} {:>19} {:>8} {:>7} {:>9} {:>7} {:>9}\n",
-            name,
+            "{:<w$} {:>4} {:>12} {:>8} {:>19} {:>8} {:>7} {:>9} {:>7} {:>9}\n",
+            label(v),
             v.values.len(),
             opt(v.median),
             v.ratio

@@ -186,6 +186,24 @@ def test_check_and_serve_warn_about_the_same_setting(tmp_path, broker_factory):
         saved.restore()
 
 
+@needs_root
+def test_check_looks_at_the_disks_given_with_device(tmp_path):
+    loop = Loop(tmp_path)
+    try:
+        if "bfq" not in (loop.queue / "scheduler").read_text():
+            pytest.skip("this kernel offers no bfq scheduler")
+        write_value(loop.queue / "scheduler", "bfq")
+        r = run_tune(["check", "--json", "--device", loop.name], tmp_path / "state")
+        assert r.returncode == 0, r.stderr
+        warned = {w["knob"]: w for w in json.loads(r.stdout)}
+        assert f"block.scheduler[{loop.name}]" in warned, warned
+        assert "mq-deadline or none" in warned[f"block.scheduler[{loop.name}]"]["reason"]
+        r = run_tune(["check", "--json", "--data-dir", str(tmp_path)], tmp_path / "state")
+        assert f"block.scheduler[{loop.name}]" not in r.stdout
+    finally:
+        loop.close()
+
+
 # ------------------------------------------------------------ apply, revert
 
 

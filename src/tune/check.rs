@@ -79,7 +79,8 @@ const CHECKERS: &[Checker] = &[
     shards_fit_cores,
 ];
 
-/// Warnings for the host where `overlay` (a profile's settings) wins.
+/// Warnings for the host and the disks under the configuration's data
+/// directory, where `overlay` (a profile's settings) wins.
 pub fn check_host(
     host: &Host,
     config: &Config,

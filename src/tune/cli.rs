@@ -250,18 +250,24 @@ fn check(
     if let Some(d) = &target.data_dir {
         config.data_dir = d.clone();
     }
+    // The data directory's disks, or those given with --device.
+    let devices = subject(target, &config, String::new()).devices(host);
     let overlay = match profile {
         Some(p) => {
             let profile = profile::load(tuning, p)?;
             // A value this host would refuse (a scheduler it does not
             // offer) fails the check as it would fail the apply.
-            let devices = subject(target, &config, String::new()).devices(host);
             apply::plan(host, &profile.name, &profile.settings, &devices)?;
             profile.settings
         }
         None => Default::default(),
     };
-    let warnings = check::check_host(host, &config, &overlay);
+    let warnings = check::check(&check::View {
+        host,
+        overlay: &overlay,
+        devices: &devices,
+        config: &config,
+    });
     if json {
         println!("{}", serde_json::to_string_pretty(&warnings)?);
         return Ok(());

@@ -15,3 +15,4 @@ pub mod repair;
 pub mod replication;
 pub mod server;
 pub mod shard;
+pub mod tune;

@@ -1,6 +1,7 @@
 //! `ringtail` command line: `serve` runs the broker, `bench` drives any
 //! Kafka-compatible broker, `groups` inspects consumer groups, `repair`
-//! salvages damaged partitions of a stopped broker.
+//! salvages damaged partitions of a stopped broker, `tune` inspects and
+//! tunes the host and runs A/B tuning experiments.
 
 use std::path::PathBuf;
 
@@ -28,6 +29,8 @@ enum Command {
     Groups(ringtail::group::cli::GroupsArgs),
     /// Salvage the intact batches of damaged partitions (broker stopped).
     Repair(ringtail::repair::RepairArgs),
+    /// Host inspection, reversible tuning profiles, A/B tuning experiments.
+    Tune(ringtail::tune::TuneArgs),
 }
 
 #[derive(clap::Args)]
@@ -106,5 +109,6 @@ fn main() -> Result<()> {
         Command::Bench(args) => ringtail::bench::run(args),
         Command::Groups(args) => ringtail::group::cli::run(args),
         Command::Repair(args) => ringtail::repair::run(args),
+        Command::Tune(args) => ringtail::tune::run(args),
     }
 }

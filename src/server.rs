@@ -201,6 +201,7 @@ pub fn run(config: Config) -> Result<()> {
     return_large_frees_to_the_system();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    crate::tune::log_host_warnings(&config);
     let _lock = crate::log::lock::DataDirLock::acquire(&config.data_dir)?;
     crate::cluster::bootstrap::check_meta_properties(&config)?;
     let cluster = crate::cluster::bootstrap::cluster_config(&config)?;

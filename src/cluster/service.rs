@@ -76,7 +76,7 @@ pub struct ClusterService {
     config: ClusterConfig,
     driver: Rc<QuorumDriver>,
     active: Rc<ActiveController>,
-    links: RefCell<Option<Links>>,
+    links: RefCell<Option<Rc<Links>>>,
     image: RefCell<Arc<MetadataImage>>,
     pending_publish: RefCell<Option<(Arc<MetadataImage>, ImageChanges)>>,
     publish_bell: LocalSender<()>,
@@ -148,7 +148,11 @@ impl ClusterService {
             .filter(|(n, _)| *n != self.node_id)
             .collect();
         let inbound: Rc<dyn Inbound> = self.clone();
-        *self.links.borrow_mut() = Some(Links::start(&peers, self.config.links, inbound.clone()));
+        *self.links.borrow_mut() = Some(Rc::new(Links::start(
+            &peers,
+            self.config.links,
+            inbound.clone(),
+        )));
         if let Some(addr) = self.config.controller_listen {
             let listener = glommio::net::TcpListener::bind(addr)
                 .map_err(|e| anyhow::anyhow!("binding controller listener {addr}: {e}"))?;
@@ -196,8 +200,8 @@ impl ClusterService {
                 _ if self.driver.is_active_controller() => self.local(req.clone()).await,
                 Some(leader) if leader != self.node_id => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let links = self.links.borrow();
-                    match links.as_ref() {
+                    let links = self.links.borrow().clone();
+                    match links {
                         Some(l) => l.request(leader, req.clone(), left).await,
                         None => Err(ControllerError::NotController),
                     }

@@ -87,6 +87,9 @@ pub enum Acks {
     All,
 }
 
+/// An acks=all produce waiting for the high watermark to reach its end.
+type HwWaiter = (i64, oneshot::Sender<Result<(), PartitionError>>);
+
 /// Result of a successful produce to one partition.
 #[derive(Debug, Clone, Copy)]
 pub struct Appended {
@@ -119,7 +122,7 @@ pub struct Partition {
     /// a follower's next fetch).
     local_waiters: RefCell<VecDeque<(i64, oneshot::Sender<bool>)>>,
     /// Waiting for the high watermark (acks=all).
-    hw_waiters: RefCell<VecDeque<(i64, oneshot::Sender<Result<(), PartitionError>>)>>,
+    hw_waiters: RefCell<VecDeque<HwWaiter>>,
     /// Consumers' long polls, woken when the high watermark moves.
     data_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     /// Followers' long polls, woken when the log end moves.

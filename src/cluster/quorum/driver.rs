@@ -178,9 +178,7 @@ impl QuorumDriver {
                     }
                 }
                 Input::Propose(entry, tx) => {
-                    if !node.is_active_controller() {
-                        let _ = tx.send(Err(ControllerError::NotController));
-                    } else if node.propose(&entry).is_err() {
+                    if !node.is_active_controller() || node.propose(&entry).is_err() {
                         let _ = tx.send(Err(ControllerError::NotController));
                     } else {
                         self.waiters.borrow_mut().insert(entry.request_id, tx);

@@ -347,10 +347,12 @@ impl QuorumNode {
         let Some(term) = self.storage.term_of(self.applied) else {
             return;
         };
-        let mut s = Snapshot::default();
-        s.data = serde_json::to_vec(&self.image)
-            .expect("images serialize")
-            .into();
+        let mut s = Snapshot {
+            data: serde_json::to_vec(&self.image)
+                .expect("images serialize")
+                .into(),
+            ..Default::default()
+        };
         let meta = s.mut_metadata();
         meta.index = self.applied;
         meta.term = term;

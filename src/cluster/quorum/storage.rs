@@ -513,11 +513,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = data.to_vec().into();
-        e
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
     }
 
     fn snapshot(index: u64, term: u64) -> Snapshot {
@@ -538,9 +539,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = DiskLog::new(dir.path());
         assert!(log.load().unwrap().entries.is_empty());
-        let mut hs = HardState::default();
-        hs.term = 2;
-        hs.commit = 3;
+        let hs = HardState {
+            term: 2,
+            commit: 3,
+            ..Default::default()
+        };
         log.persist(&PersistWork {
             entries: (1..=5).map(|i| entry(i, 1, b"x")).collect(),
             hard_state: Some(hs.clone()),

@@ -44,6 +44,7 @@ async fn produce_on_owner(
 
 /// Refusals Kafka answers before the partition looks at the records.
 fn early_error(
+    topic: &str,
     acks: i16,
     version: i16,
     meta: Option<&TopicImage>,
@@ -53,11 +54,14 @@ fn early_error(
     if !matches!(acks, -1..=1) {
         return Some(ResponseError::InvalidRequiredAcks);
     }
+    // Only the broker itself writes its internal topics (Kafka's
+    // ReplicaManager refuses client appends to them), created yet or not.
+    if topic == crate::cluster::CONSUMER_OFFSETS_TOPIC {
+        return Some(ResponseError::InvalidTopicException);
+    }
     let Some(meta) = meta.filter(|m| (0..m.partition_count()).contains(&index)) else {
         return Some(ResponseError::UnknownTopicOrPartition);
     };
-    // Only the broker itself writes its internal topics (Kafka's
-    // ReplicaManager refuses client appends to them).
     if meta.internal {
         return Some(ResponseError::InvalidTopicException);
     }
@@ -98,6 +102,7 @@ pub async fn handle(
                 .with_log_append_time_ms(-1)
                 .with_log_start_offset(-1);
             let early = early_error(
+                &name,
                 acks,
                 version,
                 meta.map(|m| &**m),

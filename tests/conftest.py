@@ -158,12 +158,14 @@ class Cluster:
                 last = e
         raise last
 
-    def wait_for(self, predicate, what, timeout=30, topic=None):
+    def wait_for(self, predicate, what, timeout=30, topic=None, via=None):
+        """Polls Metadata (from broker `via`, else any live one) until
+        `predicate` holds."""
         deadline = time.time() + timeout
         last = None
         while time.time() < deadline:
             try:
-                md = self.metadata(topic)
+                md = self.metadata(topic, via=via)
                 if predicate(md):
                     return md
                 last = md

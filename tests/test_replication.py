@@ -170,14 +170,15 @@ def test_min_insync_replicas_refusals(cluster_factory):
         # from the ISR: then the append is refused after the fact.
         code = raw_produce(c.nodes[leader].port, "strict", 0, -1)
         assert code in (NOT_ENOUGH_REPLICAS_AFTER_APPEND, 7), code  # 7: request timed out
+        # The leader's own view: another broker may apply the change first.
         c.wait_for(lambda md: len(md.topics["strict"].partitions[0].isrs) == 2,
-                   "the ISR to shrink", timeout=30, topic="strict")
+                   "the ISR to shrink", timeout=30, topic="strict", via=leader)
         assert raw_produce(c.nodes[leader].port, "strict", 0, -1) == NOT_ENOUGH_REPLICAS
         assert raw_produce(c.nodes[leader].port, "strict", 0, 1) == 0
     finally:
         c.nodes[follower].proc.send_signal(signal.SIGCONT)
     c.wait_for(lambda md: len(md.topics["strict"].partitions[0].isrs) == 3,
-               "the follower back in the ISR", timeout=30, topic="strict")
+               "the follower back in the ISR", timeout=30, topic="strict", via=leader)
     assert raw_produce(c.nodes[leader].port, "strict", 0, -1) == 0
 
 

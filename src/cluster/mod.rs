@@ -89,6 +89,16 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Replaces `path` with `bytes` through a temp file and a rename, without
+/// syncing: for files rebuilt from the log at open (the leader epoch
+/// checkpoint), where a crash may leave the old or the new content, never a
+/// torn one, and neither is trusted over the log.
+pub fn write_replaced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Owner shard of a partition: a topic's partitions are spread round-robin
 /// from a per-topic starting shard.
 pub fn owner_shard(topic: &str, partition: i32, shards: usize) -> usize {

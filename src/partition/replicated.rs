@@ -42,12 +42,13 @@ pub struct FollowerRead {
 
 const EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
 
-/// Writes Kafka's `leader-epoch-checkpoint` atomically.
+/// Writes Kafka's `leader-epoch-checkpoint` by rename, unsynced: the cache is
+/// rebuilt from the log's batches at open, the file is for tools.
 pub fn write_epoch_checkpoint(
     dir: &std::path::Path,
     epochs: &LeaderEpochCache,
 ) -> std::io::Result<()> {
-    crate::cluster::write_atomically(&dir.join(EPOCH_CHECKPOINT), epochs.encode().as_bytes())
+    crate::cluster::write_replaced(&dir.join(EPOCH_CHECKPOINT), epochs.encode().as_bytes())
 }
 
 impl Partition {

@@ -48,7 +48,7 @@ fn run_appends(iters: u64) -> Duration {
                 max_decompressed_batch_bytes: 64 << 20,
                 preallocate: true,
             };
-            let mut log = Log::open(root.path().join("bench-0"), config, |_| {})
+            let mut log = Log::open(root.path().join("bench-0"), config, 0, -1, |_| {})
                 .await
                 .expect("log");
             let mut template = batch();

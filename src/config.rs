@@ -102,7 +102,11 @@ pub const FRAME_FIRST_READ_BYTES: usize = 16 * 1024;
 pub const MALLOC_MMAP_THRESHOLD_BYTES: usize = 1024 * 1024;
 /// Interval for the flush policy `interval` and for writing checkpoints.
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
-/// How often recovery points and producer state are checkpointed.
+/// How often shard 0 writes the data directory's offset checkpoints
+/// (recovery points, high watermarks, log start offsets; Kafka's
+/// log.flush.offset.checkpoint.interval.ms, also 60 s). A crash costs a
+/// recovery scan from the recovery points last written; producer state is
+/// snapshotted at each segment roll instead.
 pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 60_000;
 /// Producer ids remembered per partition for idempotent de-duplication.
 pub const DEFAULT_MAX_PRODUCERS_PER_PARTITION: usize = 10_000;
@@ -439,6 +443,9 @@ impl Config {
         }
         if !(10..=60_000).contains(&self.disk_check_interval_ms) {
             return bad("disk_check_interval_ms must be in 10..=60000".into());
+        }
+        if !(100..=3_600_000).contains(&self.checkpoint_interval_ms) {
+            return bad("checkpoint_interval_ms must be in 100..=3600000".into());
         }
         if self.max_in_flight_per_connection == 0 || self.index_interval_bytes == 0 {
             return bad("max_in_flight_per_connection and index_interval_bytes must be > 0".into());

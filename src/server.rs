@@ -6,8 +6,8 @@
 //! Shutdown (SIGTERM/SIGINT): a controlled shutdown first (the controller
 //! moves this broker's leaderships away while it still serves), then stop
 //! accepting, let in-flight requests finish, write and fdatasync every
-//! partition, write indexes, exit 0 — or exit non-zero, naming them, when
-//! some partition could not be closed cleanly.
+//! partition, write indexes and the offset checkpoints, exit 0 — or exit
+//! non-zero, naming them, when some partition could not be closed cleanly.
 //!
 //! The data directory's lock (`.lock`) is held from start to exit, so no
 //! second broker or `ringtail repair` works on the same directory.
@@ -52,6 +52,9 @@ struct Phases {
     /// that the kernel's reuseport group index is the executor's index.
     listening: AtomicUsize,
     drained: AtomicUsize,
+    /// Shards whose partitions are closed (shard 0 then writes the offset
+    /// checkpoints while the others still answer it).
+    partitions_closed: AtomicUsize,
     closed: AtomicUsize,
 }
 
@@ -282,6 +285,7 @@ async fn shard_main(
     shard.start_replica_ticker();
     all_reach(&phases.recovered, count).await;
     if id == 0 {
+        shard.start_checkpointer();
         let service = start_cluster(&shard, cluster).await;
         match service {
             Ok(service) => {
@@ -316,6 +320,12 @@ async fn shard_main(
     }
     all_reach(&phases.drained, count).await;
     let unclean = shard.close_partitions().await;
+    all_reach(&phases.partitions_closed, count).await;
+    if id == 0 {
+        if let Err(e) = shard.write_checkpoints().await {
+            tracing::error!(error = %e, "writing the offset checkpoints at shutdown; the next start scans more");
+        }
+    }
     all_reach(&phases.closed, count).await;
     if id == 0 && phases.failed.load(Ordering::SeqCst) {
         if let Some(e) = shard.cluster().fatal_error() {

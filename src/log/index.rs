@@ -109,6 +109,60 @@ impl SegmentIndex {
         out
     }
 
+    /// Kafka's last step when a segment becomes inactive: a time-index
+    /// entry for the segment's largest timestamp if the sparse entries do
+    /// not reach it, so the sealed `.timeindex` ends at the segment's
+    /// maximum (its offset: the last offset of the batch holding it).
+    pub fn seal(&mut self, max_timestamp: i64, relative_offset_of_max: u32) {
+        if max_timestamp >= 0
+            && self
+                .times
+                .last()
+                .is_none_or(|t| max_timestamp > t.timestamp)
+        {
+            self.times.push(TimeIndexEntry {
+                timestamp: max_timestamp,
+                relative_offset: relative_offset_of_max,
+            });
+        }
+    }
+
+    /// Both index files of a sealed segment of `size` bytes holding
+    /// relative offsets below `span`, or `None` when they fail Kafka's
+    /// sanity checks: whole entries, offsets and positions increasing,
+    /// positions inside the file, timestamps not decreasing, offsets below
+    /// the next segment.
+    pub fn decode_checked(
+        offsets: &[u8],
+        times: &[u8],
+        size: u64,
+        span: u32,
+    ) -> Option<SegmentIndex> {
+        if !offsets.len().is_multiple_of(8) || !times.len().is_multiple_of(12) {
+            return None;
+        }
+        let offsets = Self::decode_offsets(offsets);
+        let times: Vec<TimeIndexEntry> = times
+            .chunks_exact(12)
+            .map(|c| TimeIndexEntry {
+                timestamp: i64::from_be_bytes(c[0..8].try_into().expect("8")),
+                relative_offset: u32::from_be_bytes(c[8..12].try_into().expect("4")),
+            })
+            .collect();
+        let offsets_ok = offsets
+            .windows(2)
+            .all(|w| w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position)
+            && offsets
+                .iter()
+                .all(|e| (e.position as u64) < size && e.relative_offset < span);
+        let times_ok = times.windows(2).all(|w| {
+            w[0].timestamp <= w[1].timestamp && w[0].relative_offset <= w[1].relative_offset
+        }) && times.iter().all(|e| e.relative_offset < span);
+        let starts_at_zero = offsets.first().is_none_or(|e| e.position == 0);
+        (offsets_ok && times_ok && starts_at_zero && (size == 0) == offsets.is_empty())
+            .then_some(SegmentIndex { offsets, times })
+    }
+
     pub fn decode_offsets(bytes: &[u8]) -> Vec<IndexEntry> {
         bytes
             .chunks_exact(8)

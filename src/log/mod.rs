@@ -5,6 +5,7 @@
 //! mutate in-memory state only; the partition sequences the async I/O (writes,
 //! syncs, rolls) under its io lock so no RefCell borrow is held across an await.
 
+pub mod checkpoint;
 pub mod index;
 pub mod lock;
 pub mod segment;
@@ -152,32 +153,72 @@ pub async fn probe_device(data_dir: &Path) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Base offset of the first segment recovery must scan, given the recovery
+/// point: every earlier segment lies wholly below it (its successor starts
+/// at or before it). The last segment is always scanned.
+pub fn scan_start(bases: &[i64], recovery_point: i64) -> i64 {
+    let k = bases
+        .windows(2)
+        .position(|w| w[1] > recovery_point)
+        .unwrap_or(bases.len().saturating_sub(1));
+    bases.get(k).copied().unwrap_or(0)
+}
+
 impl Log {
-    /// Opens (creating if needed) the log in `dir`, recovering every segment:
+    /// Opens (creating if needed) the log in `dir`. Segments before the one
+    /// at `scan_from` (see [`scan_start`]) are sealed and synced: they are
+    /// loaded from their index files, and scanned only if those fail their
+    /// sanity checks. From `scan_from` on every segment is recovered:
     /// batches are validated (length, CRC32C), indexes rebuilt, and a torn
     /// tail of the last segment truncated. A sealed segment was synced before
     /// the next one was created, so damage there is corruption, not a torn
     /// write: the log is refused (`LogError::Corrupt`) and nothing is changed
-    /// on disk. `on_batch` sees every valid batch header in order.
+    /// on disk. `on_batch` sees every batch header from `scan_from` on, in
+    /// order. `log_start_offset` (-1: none) moves the start past the first
+    /// segment's base, within the log.
     pub async fn open(
         dir: PathBuf,
         config: LogConfig,
+        scan_from: i64,
+        log_start_offset: i64,
         mut on_batch: impl FnMut(&BatchHeader),
     ) -> Result<Log, LogError> {
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create dir", &dir, e))?;
         let bases = segment_bases(&dir)?;
         let mut segments: Vec<Segment> = Vec::new();
         let last = bases.len().saturating_sub(1);
-        for (i, base) in bases.into_iter().enumerate() {
+        let mut loaded = 0;
+        for (i, &base) in bases.iter().enumerate() {
             let path = dir.join(segment::log_file_name(base));
+            if base < scan_from && i < last {
+                if let Some(seg) = Segment::load_sealed(path.clone(), base, bases[i + 1]).await? {
+                    segments.push(seg);
+                    loaded += 1;
+                    continue;
+                }
+                tracing::warn!(path = %path.display(), "index files missing or inconsistent; scanning the segment");
+                let mut seg = Segment::open(path, base).await?;
+                recover_segment(&mut seg, &config, &mut |_: &BatchHeader| {}, false).await?;
+                segments.push(seg);
+                continue;
+            }
             let mut seg = Segment::open(path, base).await?;
             recover_segment(&mut seg, &config, &mut on_batch, i == last).await?;
             segments.push(seg);
         }
+        if segments.len() > 1 {
+            tracing::info!(dir = %dir.display(), loaded, scanned = segments.len() - loaded, "log recovered: segments below the recovery point loaded from their indexes, the rest scanned");
+        }
         if segments.is_empty() {
             segments.push(Segment::create(&dir, 0).await?);
         }
-        let log_start_offset = segments[0].base_offset;
+        let first_base = segments[0].base_offset;
+        let end = segments.last().expect("one at least").next_offset;
+        let log_start_offset = if (first_base..=end).contains(&log_start_offset) {
+            log_start_offset
+        } else {
+            first_base
+        };
         Ok(Log {
             dir,
             config,
@@ -242,6 +283,8 @@ impl Log {
             let seg = self.segments.pop().expect("checked");
             remove_segment_files(&seg.path)?;
         }
+        // Producer snapshots past the cut describe batches that are gone.
+        remove_snapshots_from(&self.dir, offset + 1)?;
         let seg = self.active();
         let relative = (offset - seg.base_offset) as u32;
         Ok(Some(CutPlan {
@@ -257,6 +300,7 @@ impl Log {
         for old in std::mem::take(&mut self.segments) {
             remove_segment_files(&old.path)?;
         }
+        remove_snapshots_from(&self.dir, i64::MIN)?;
         self.log_start_offset = seg.base_offset;
         self.segments.push(seg);
         Ok(())
@@ -367,6 +411,24 @@ fn remove_segment_files(path: &Path) -> Result<(), LogError> {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(LogError::io("remove", &file, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the producer snapshots (`<offset>.snapshot`) at `from` or later.
+fn remove_snapshots_from(dir: &Path, from: i64) -> Result<(), LogError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LogError::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| LogError::io("list", dir, e))?;
+        let name = entry.file_name();
+        let offset = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".snapshot"))
+            .and_then(|stem| stem.parse::<i64>().ok());
+        if offset.is_some_and(|o| o >= from) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| LogError::io("remove", &path, e))?;
         }
     }
     Ok(())
@@ -596,7 +658,7 @@ mod tests {
     /// Appends `n` batches of 10 records and writes them out, rolling when full.
     async fn append(log: &mut Log, n: usize) {
         for _ in 0..n {
-            let mut batch = make_batch(10, Compression::None, 1_000);
+            let mut batch = make_batch(10, Compression::None, 1_000 + log.log_end_offset());
             if log.needs_roll(batch.len()) {
                 flush(log).await;
                 let next = log.log_end_offset();
@@ -654,16 +716,18 @@ mod tests {
         run(|| async {
             let dir = tempfile::tempdir().unwrap();
             probe_device(dir.path()).await.unwrap();
-            let mut log = Log::open(dir.path().join("t-0"), config(1 << 30), |_| {})
+            let mut log = Log::open(dir.path().join("t-0"), config(1 << 30), 0, -1, |_| {})
                 .await
                 .unwrap();
             append(&mut log, 200).await;
             assert_eq!(log.log_end_offset(), 2000);
             drop(log);
             let mut seen = 0;
-            let log = Log::open(dir.path().join("t-0"), config(1 << 30), |_| seen += 1)
-                .await
-                .unwrap();
+            let log = Log::open(dir.path().join("t-0"), config(1 << 30), 0, -1, |_| {
+                seen += 1
+            })
+            .await
+            .unwrap();
             assert_eq!(seen, 200);
             assert_eq!(log.log_end_offset(), 2000);
             assert!(
@@ -679,7 +743,7 @@ mod tests {
         run(|| async {
             let dir = tempfile::tempdir().unwrap();
             probe_device(dir.path()).await.unwrap();
-            let mut log = Log::open(dir.path().join("t-0"), config(1 << 30), |_| {})
+            let mut log = Log::open(dir.path().join("t-0"), config(1 << 30), 0, -1, |_| {})
                 .await
                 .unwrap();
             append(&mut log, 20).await;
@@ -693,7 +757,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             probe_device(dir.path()).await.unwrap();
             let path = dir.path().join("t-0");
-            let mut log = Log::open(path.clone(), config(1 << 30), |_| {})
+            let mut log = Log::open(path.clone(), config(1 << 30), 0, -1, |_| {})
                 .await
                 .unwrap();
             append(&mut log, 50).await;
@@ -706,7 +770,7 @@ mod tests {
             bytes.truncate(good as usize);
             bytes.extend_from_slice(&torn[..torn.len() / 2]);
             std::fs::write(&file, &bytes).unwrap();
-            let mut log = Log::open(path.clone(), config(1 << 30), |_| {})
+            let mut log = Log::open(path.clone(), config(1 << 30), 0, -1, |_| {})
                 .await
                 .unwrap();
             assert_eq!(log.log_end_offset(), 500);
@@ -714,7 +778,9 @@ mod tests {
             assert_eq!(std::fs::metadata(&file).unwrap().len(), good);
             append(&mut log, 5).await;
             drop(log);
-            let log = Log::open(path, config(1 << 30), |_| {}).await.unwrap();
+            let log = Log::open(path, config(1 << 30), 0, -1, |_| {})
+                .await
+                .unwrap();
             assert_eq!(log.log_end_offset(), 550);
             assert_eq!(count_batches(&log).await, 55);
         });
@@ -726,7 +792,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             probe_device(dir.path()).await.unwrap();
             let path = dir.path().join("t-0");
-            let mut log = Log::open(path.clone(), config(16 * 1024), |_| {})
+            let mut log = Log::open(path.clone(), config(16 * 1024), 0, -1, |_| {})
                 .await
                 .unwrap();
             append(&mut log, 200).await;
@@ -739,7 +805,7 @@ mod tests {
             let n = bytes.len();
             bytes[n - 5] ^= 0xff;
             std::fs::write(&first, &bytes).unwrap();
-            let err = Log::open(path, config(16 * 1024), |_| {})
+            let err = Log::open(path, config(16 * 1024), 0, -1, |_| {})
                 .await
                 .err()
                 .expect("refused");
@@ -753,12 +819,78 @@ mod tests {
     }
 
     #[test]
+    fn scan_starts_at_the_segment_holding_the_recovery_point() {
+        assert_eq!(scan_start(&[], 50), 0);
+        assert_eq!(scan_start(&[0], 50), 0);
+        assert_eq!(scan_start(&[0, 100, 200], -1), 0);
+        assert_eq!(scan_start(&[0, 100, 200], 99), 0);
+        assert_eq!(scan_start(&[0, 100, 200], 100), 100);
+        assert_eq!(scan_start(&[0, 100, 200], 150), 100);
+        assert_eq!(scan_start(&[0, 100, 200], 10_000), 200);
+    }
+
+    #[test]
+    fn sealed_segments_below_the_recovery_point_are_loaded_not_scanned() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            probe_device(dir.path()).await.unwrap();
+            let path = dir.path().join("t-0");
+            let mut log = Log::open(path.clone(), config(16 * 1024), 0, -1, |_| {})
+                .await
+                .unwrap();
+            append(&mut log, 200).await;
+            assert!(log.segments.len() > 3, "small segments rolled");
+            drop(log);
+            let full = Log::open(path.clone(), config(16 * 1024), 0, -1, |_| {})
+                .await
+                .unwrap();
+            let bases: Vec<i64> = full.segments.iter().map(|s| s.base_offset).collect();
+            let scan_from = scan_start(&bases, full.log_end_offset());
+            drop(full);
+            let full = Log::open(path.clone(), config(16 * 1024), 0, -1, |_| {})
+                .await
+                .unwrap();
+            let mut scanned = 0;
+            let fast = Log::open(path.clone(), config(16 * 1024), scan_from, 30, |h| {
+                assert!(h.base_offset() >= scan_from);
+                scanned += 1;
+            })
+            .await
+            .unwrap();
+            assert_eq!(scanned, (full.log_end_offset() - scan_from) / 10);
+            assert_eq!(fast.log_end_offset(), full.log_end_offset());
+            assert_eq!(fast.log_start_offset, 30, "checkpointed start kept");
+            assert_eq!(fast.max_timestamp(), full.max_timestamp());
+            for (a, b) in fast.segments.iter().zip(&full.segments) {
+                assert_eq!(
+                    (a.base_offset, a.next_offset, a.size, &a.index.offsets),
+                    (b.base_offset, b.next_offset, b.size, &b.index.offsets)
+                );
+                assert_eq!(
+                    a.max_timestamp, b.max_timestamp,
+                    "sealed time index ends at the max"
+                );
+            }
+            assert_eq!(count_batches(&fast).await, 197, "read from the start at 30");
+            drop((fast, full));
+            // A damaged index file: that segment is scanned instead.
+            let first = path.join(segment::log_file_name(0)).with_extension("index");
+            std::fs::write(&first, [0u8, 0, 0, 9, 0]).unwrap();
+            let log = Log::open(path, config(16 * 1024), scan_from, 10_000, |_| {})
+                .await
+                .unwrap();
+            assert_eq!(log.log_start_offset, 0, "a start past the log is ignored");
+            assert_eq!(count_batches(&log).await, 200);
+        });
+    }
+
+    #[test]
     fn zeroed_preallocated_tail_is_clean_end() {
         run(|| async {
             let dir = tempfile::tempdir().unwrap();
             probe_device(dir.path()).await.unwrap();
             let path = dir.path().join("t-0");
-            let mut log = Log::open(path.clone(), config(1 << 30), |_| {})
+            let mut log = Log::open(path.clone(), config(1 << 30), 0, -1, |_| {})
                 .await
                 .unwrap();
             append(&mut log, 3).await;
@@ -768,7 +900,9 @@ mod tests {
             let mut bytes = std::fs::read(&file).unwrap();
             bytes.resize(size as usize + 64 * 1024, 0);
             std::fs::write(&file, &bytes).unwrap();
-            let log = Log::open(path, config(1 << 30), |_| {}).await.unwrap();
+            let log = Log::open(path, config(1 << 30), 0, -1, |_| {})
+                .await
+                .unwrap();
             assert_eq!(log.log_end_offset(), 30);
             assert_eq!(std::fs::metadata(&file).unwrap().len(), size);
         });

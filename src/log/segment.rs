@@ -272,12 +272,66 @@ impl Segment {
     /// What sealing needs, detached from the segment so no borrow of the
     /// log is held across the I/O.
     pub fn seal_job(&self) -> SealJob {
+        let mut index = self.index.clone();
+        index.seal(
+            self.max_timestamp,
+            (self.offset_of_max_timestamp - self.base_offset).max(0) as u32,
+        );
         SealJob {
             file: self.file.clone(),
             path: self.path.clone(),
             size: self.size,
-            index: self.index.clone(),
+            index,
         }
+    }
+
+    /// A sealed segment as its index files describe it, without reading its
+    /// batches: for recovery below the recovery point, where the segment was
+    /// synced, trimmed and indexed when it was sealed. `next_offset` is the
+    /// next segment's base. `None` when the index files are missing or fail
+    /// Kafka's sanity checks (ordered entries, positions inside the file):
+    /// then the segment is scanned instead.
+    pub async fn load_sealed(
+        path: PathBuf,
+        base_offset: i64,
+        next_offset: i64,
+    ) -> Result<Option<Segment>, LogError> {
+        let stem = path.with_extension("");
+        let (Ok(offsets), Ok(times)) = (
+            std::fs::read(stem.with_extension("index")),
+            std::fs::read(stem.with_extension("timeindex")),
+        ) else {
+            return Ok(None);
+        };
+        let mut seg = Segment::open(path, base_offset).await?;
+        let size = seg
+            .file
+            .file_size()
+            .await
+            .map_err(|e| LogError::io("stat", &seg.path, e))?;
+        let span = (next_offset - base_offset).clamp(0, u32::MAX as i64) as u32;
+        let Some(index) = SegmentIndex::decode_checked(&offsets, &times, size, span) else {
+            return Ok(None);
+        };
+        if let Some(last) = index.times.last() {
+            seg.max_timestamp = last.timestamp;
+            seg.offset_of_max_timestamp = base_offset + last.relative_offset as i64;
+        }
+        seg.index = index;
+        seg.next_offset = next_offset;
+        let tail_start = align_down(size);
+        let tail = if size > tail_start {
+            let page = seg
+                .file
+                .read_at(tail_start, (size - tail_start) as usize)
+                .await
+                .map_err(|e| LogError::io("read", &seg.path, e))?;
+            page.to_vec()
+        } else {
+            Vec::new()
+        };
+        seg.recovered(size, tail).await?;
+        Ok(Some(seg))
     }
 }
 
@@ -295,6 +349,12 @@ impl SealJob {
             .truncate(self.size)
             .await
             .map_err(|e| LogError::io("truncate", &self.path, e))?;
+        // The trimmed size is durable too: recovery loads a sealed segment
+        // below the recovery point by its size, without reading it.
+        self.file
+            .fdatasync()
+            .await
+            .map_err(|e| LogError::io("fdatasync", &self.path, e))?;
         let stem = self.path.with_extension("");
         write_file_direct(&stem.with_extension("index"), &self.index.encode_offsets()).await?;
         write_file_direct(
@@ -325,4 +385,27 @@ pub async fn write_file_direct(path: &Path, bytes: &[u8]) -> Result<(), LogError
     file.close()
         .await
         .map_err(|e| LogError::io("close", path, e))
+}
+
+/// Replaces `path` with `bytes` atomically and durably: a temp file written
+/// with O_DIRECT and fdatasync, a rename, and a sync of the directory.
+pub async fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+    // Its own temp name: unsynced replacements use `<name>.tmp`.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".sync-tmp");
+    let tmp = PathBuf::from(tmp);
+    write_file_direct(&tmp, bytes).await?;
+    std::fs::rename(&tmp, path).map_err(|e| LogError::io("rename", path, e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let handle = glommio::io::Directory::open(dir)
+        .await
+        .map_err(|e| LogError::io("open", dir, e))?;
+    handle
+        .sync()
+        .await
+        .map_err(|e| LogError::io("fsync", dir, e))?;
+    handle
+        .close()
+        .await
+        .map_err(|e| LogError::io("close", dir, e))
 }

@@ -36,6 +36,7 @@ use replica::{AckState, ReplicaState};
 pub use replicated::{Assignment, FollowerRead};
 
 use crate::cluster::records::NodeId;
+use crate::log::checkpoint::PartitionCheckpoint;
 use crate::log::segment::PendingWrite;
 use crate::log::space::SpaceGuard;
 use crate::log::{read_batches, read_batches_bounded, Log, LogConfig, LogError};
@@ -114,6 +115,8 @@ pub struct Partition {
     append_lock: Semaphore,
     io_lock: Semaphore,
     synced: Cell<bool>,
+    /// The log is fdatasynced below this offset: the recovery point.
+    synced_end: Cell<i64>,
     replica: RefCell<ReplicaState>,
     epochs: RefCell<LeaderEpochCache>,
     min_insync_replicas: Cell<usize>,
@@ -163,22 +166,50 @@ impl Partition {
         group_commit: bool,
         node_id: NodeId,
         lag_time_max_ms: u64,
+        checkpoint: PartitionCheckpoint,
     ) -> Result<Rc<Partition>, PartitionError> {
         let dir = data_dir.join(format!("{topic}-{index}"));
-        let mut producers = ProducerStates::new(MAX_PRODUCERS);
-        let mut epochs = LeaderEpochCache::default();
+        std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create dir", &dir, e))?;
+        let bases = crate::log::segment_bases(&dir)?;
+        let mut scan_from = crate::log::scan_start(&bases, checkpoint.recovery_point);
+        let (mut producers, mut epochs) = (
+            ProducerStates::new(MAX_PRODUCERS),
+            LeaderEpochCache::default(),
+        );
+        if bases.first().is_some_and(|first| scan_from > *first) {
+            match recovery_state_at(&dir, scan_from) {
+                Ok((p, e)) => (producers, epochs) = (p, e),
+                Err(why) => {
+                    tracing::warn!(topic, partition = index, scan_from, reason = %why, "recovery scans the whole log");
+                    scan_from = i64::MIN;
+                }
+            }
+        }
         let batch_limits = BatchLimits {
             max_batch_bytes: config.max_batch_bytes,
             max_decompressed_bytes: config.max_decompressed_batch_bytes,
         };
-        let log = Log::open(dir.clone(), config, |h| {
-            producers.record(h);
-            epochs.assign(h.partition_leader_epoch(), h.base_offset());
-        })
+        let log = Log::open(
+            dir.clone(),
+            config,
+            scan_from,
+            checkpoint.log_start_offset,
+            |h| {
+                producers.record(h);
+                epochs.assign(h.partition_leader_epoch(), h.base_offset());
+            },
+        )
         .await?;
         replicated::write_epoch_checkpoint(&dir, &epochs)
             .map_err(|e| LogError::io("write", &dir, e))?;
         let leo = log.log_end_offset();
+        // Sealed segments were synced; the active one as far as the last
+        // run's recovery point said.
+        let synced_end = log
+            .active()
+            .base_offset
+            .max(checkpoint.recovery_point.min(leo));
+        let high_watermark = checkpoint.high_watermark.max(0);
         Ok(Rc::new(Partition {
             topic: topic.to_string(),
             topic_id,
@@ -188,7 +219,13 @@ impl Partition {
             append_lock: Semaphore::new(1),
             io_lock: Semaphore::new(1),
             synced: Cell::new(true),
-            replica: RefCell::new(ReplicaState::new(node_id, leo, 0, lag_time_max_ms)),
+            synced_end: Cell::new(synced_end),
+            replica: RefCell::new(ReplicaState::new(
+                node_id,
+                leo,
+                high_watermark,
+                lag_time_max_ms,
+            )),
             epochs: RefCell::new(epochs),
             min_insync_replicas: Cell::new(1),
             producers: RefCell::new(producers),
@@ -210,6 +247,14 @@ impl Partition {
 
     pub fn high_watermark(&self) -> i64 {
         self.replica.borrow().high_watermark()
+    }
+    /// The offsets the data directory's checkpoints keep for this partition.
+    pub fn checkpoint(&self) -> PartitionCheckpoint {
+        PartitionCheckpoint {
+            recovery_point: self.synced_end.get(),
+            high_watermark: self.high_watermark(),
+            log_start_offset: self.log_start_offset(),
+        }
     }
     pub fn log_end_offset(&self) -> i64 {
         self.log.borrow().log_end_offset()
@@ -598,6 +643,23 @@ impl Partition {
     }
 }
 
+/// What recovery from `scan_from` starts with: the producer state of the
+/// snapshot taken when that segment was rolled, and the leader epochs that
+/// start before it (the checkpoint was synced at that roll; later epochs
+/// come back from the scanned batches).
+fn recovery_state_at(
+    dir: &std::path::Path,
+    scan_from: i64,
+) -> Result<(ProducerStates, LeaderEpochCache), String> {
+    let path = dir.join(crate::producer_state::snapshot_file_name(scan_from));
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let producers =
+        ProducerStates::decode_snapshot(&bytes, MAX_PRODUCERS).map_err(|e| e.to_string())?;
+    let mut epochs = replicated::read_epoch_checkpoint(dir)?;
+    epochs.truncate_from_end(scan_from);
+    Ok((producers, epochs))
+}
+
 /// Waits for `rx` at most `timeout`; `None` when the time ran out.
 async fn with_timeout<T>(
     rx: oneshot::Receiver<T>,
@@ -645,6 +707,16 @@ mod tests {
         config: LogConfig,
         budget: Rc<CacheBudget>,
     ) -> Rc<Partition> {
+        leader_at(dir, config, budget, PartitionCheckpoint::NONE).await
+    }
+
+    /// The same, opened with what the offset checkpoints said of it.
+    async fn leader_at(
+        dir: &std::path::Path,
+        config: LogConfig,
+        budget: Rc<CacheBudget>,
+        checkpoint: PartitionCheckpoint,
+    ) -> Rc<Partition> {
         let space = Rc::new(SpaceGuard::unlimited());
         let p = Partition::open(
             dir,
@@ -657,6 +729,7 @@ mod tests {
             true,
             1,
             30_000,
+            checkpoint,
         )
         .await
         .unwrap();
@@ -709,6 +782,86 @@ mod tests {
                 assert_eq!(two.records.len(), small);
             });
         }
+    }
+
+    /// An idempotent producer's batch of `n` records from sequence `seq`.
+    fn idempotent_batch(pid: i64, seq: i32, n: usize) -> Bytes {
+        let mut b = make_batch(n, Compression::None, 0);
+        b[43..51].copy_from_slice(&pid.to_be_bytes());
+        b[51..53].copy_from_slice(&0i16.to_be_bytes());
+        b[53..57].copy_from_slice(&seq.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b.freeze()
+    }
+
+    #[test]
+    fn reopening_at_the_recovery_point_keeps_producer_state_epochs_and_hw() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            crate::log::probe_device(dir.path()).await.unwrap();
+            let config = || LogConfig {
+                segment_bytes: 16 * 1024,
+                ..config()
+            };
+            let p = leader(dir.path(), config(), CacheBudget::new(0)).await;
+            let produce = |p: Rc<Partition>, batch: Bytes| async move {
+                p.produce(batch, Acks::None, Duration::from_secs(5), |_| {})
+                    .await
+                    .unwrap()
+                    .base_offset
+            };
+            let mut last_base = 0;
+            for i in 0..300 {
+                last_base = produce(p.clone(), idempotent_batch(7, i * 5, 5)).await;
+            }
+            p.close().await.unwrap();
+            let cp = p.checkpoint();
+            assert_eq!((cp.recovery_point, cp.high_watermark), (1500, 1500));
+            let epochs = p.epochs.borrow().clone();
+            let segments = p.log.borrow().segments.len();
+            assert!(segments > 3, "rolled");
+            drop(p);
+            // Damage a sealed segment: a scan from the start would fence the
+            // log; the reopening below the recovery point never reads it.
+            let first = dir
+                .path()
+                .join("t-0")
+                .join(crate::log::segment::log_file_name(0));
+            let mut bytes = std::fs::read(&first).unwrap();
+            let n = bytes.len();
+            bytes[n - 5] ^= 0xff;
+            std::fs::write(&first, &bytes).unwrap();
+            let p = leader_at(dir.path(), config(), CacheBudget::new(0), cp).await;
+            assert_eq!(p.log_end_offset(), 1500);
+            assert_eq!(p.high_watermark(), 1500);
+            assert_eq!(*p.epochs.borrow(), epochs);
+            // The producer's last batch, retried, is still a duplicate, and
+            // its next sequence is still in order.
+            let retried = produce(p.clone(), idempotent_batch(7, 299 * 5, 5)).await;
+            assert_eq!((retried, p.log_end_offset()), (last_base, 1500));
+            assert_eq!(produce(p.clone(), idempotent_batch(7, 1500, 5)).await, 1500);
+            p.close().await.unwrap();
+            drop(p);
+            let full = Partition::open(
+                dir.path(),
+                "t",
+                uuid::Uuid::nil(),
+                0,
+                config(),
+                CacheBudget::new(0),
+                Rc::new(SpaceGuard::unlimited()),
+                true,
+                1,
+                30_000,
+                PartitionCheckpoint::NONE,
+            )
+            .await;
+            assert!(matches!(
+                full,
+                Err(PartitionError::Log(LogError::Corrupt { .. }))
+            ));
+        });
     }
 
     #[test]

@@ -40,15 +40,25 @@ pub struct FollowerRead {
     pub effects: Effects,
 }
 
-const EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
+pub(super) const EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
 
-/// Writes Kafka's `leader-epoch-checkpoint` by rename, unsynced: the cache is
-/// rebuilt from the log's batches at open, the file is for tools.
+/// Writes Kafka's `leader-epoch-checkpoint` by rename, unsynced. A crash may
+/// leave the old content: recovery trusts the file only for epochs that
+/// start before the segment it scans from, and the roll that sealed those
+/// segments wrote it synced (`write.rs`); later epochs come back from the
+/// scanned batches.
 pub fn write_epoch_checkpoint(
     dir: &std::path::Path,
     epochs: &LeaderEpochCache,
 ) -> std::io::Result<()> {
     crate::cluster::write_replaced(&dir.join(EPOCH_CHECKPOINT), epochs.encode().as_bytes())
+}
+
+/// Reads `leader-epoch-checkpoint`.
+pub fn read_epoch_checkpoint(dir: &std::path::Path) -> Result<LeaderEpochCache, String> {
+    let path = dir.join(EPOCH_CHECKPOINT);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    LeaderEpochCache::decode(&text).map_err(|e| e.to_string())
 }
 
 impl Partition {
@@ -266,6 +276,7 @@ impl Partition {
             return Err(PartitionError::Log(e));
         }
         self.cache.borrow_mut().truncate(offset);
+        self.synced_end.set(self.synced_end.get().min(offset));
         self.epochs.borrow_mut().truncate_from_end(offset);
         self.save_epochs();
         self.producers.borrow_mut().truncate(offset);

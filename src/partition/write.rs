@@ -23,7 +23,7 @@ use std::rc::Rc;
 
 use super::replica::AckState;
 use super::{Partition, PartitionError};
-use crate::log::segment::{align_up, PendingWrite, Segment};
+use crate::log::segment::{align_up, write_file_atomic, PendingWrite, Segment};
 use crate::log::space::is_no_space;
 use crate::log::LogError;
 
@@ -43,6 +43,9 @@ impl Partition {
         let end_offset = self.log.borrow().log_end_offset();
         match self.write_and_sync(sync).await {
             Ok(()) => {
+                if sync {
+                    self.synced_end.set(end_offset);
+                }
                 if sync || !self.group_commit {
                     self.on_durable(end_offset);
                 }
@@ -228,6 +231,16 @@ impl Partition {
                 )
             };
             seal.run().await?;
+            // What recovery needs to start at the new segment, synced before
+            // the segment exists: the producer state here and the epochs.
+            let (snapshot, epochs) = (
+                self.producers.borrow().encode_snapshot(),
+                self.epochs.borrow().encode(),
+            );
+            let snapshot_path = dir.join(crate::producer_state::snapshot_file_name(next));
+            write_file_atomic(&snapshot_path, &snapshot).await?;
+            write_file_atomic(&dir.join(super::replicated::EPOCH_CHECKPOINT), epochs.as_bytes())
+                .await?;
             let seg = Segment::create(&dir, next).await?;
             tracing::debug!(topic = %self.topic, partition = self.index, sealed_base, next, "rolled segment");
             self.log.borrow_mut().segments.push(seg);

@@ -8,7 +8,14 @@
 //! batch in offset order (`scan`, `report`), write a clean log in Kafka's
 //! layout with rebuilt indexes and move the damaged files aside into
 //! `<partition dir>/damaged-<unix seconds>/`, never deleting them
-//! (`rewrite`). It prints what was kept and what was dropped.
+//! (`rewrite`). It prints what was kept and what was dropped. A rewritten
+//! partition's producer snapshots and the data directory's recovery-point
+//! checkpoint are deleted, so the broker's next start scans it whole.
+//!
+//! The broker's recovery reads only from each log's recovery point (the
+//! segments below it were synced and are loaded from their indexes), so it
+//! does not look for damage there: running `ringtail repair` on a stopped
+//! broker scans every segment of every partition and reports what it finds.
 //!
 //! "Damaged" is what the broker fences: bad bytes before intact ones. A bad
 //! end of the last segment (a torn write) is the broker's recovery's to
@@ -164,12 +171,32 @@ fn repair_partition(job: &Job, name: &str, dir: &Path, out: &mut impl Write) -> 
         (job.index_interval_bytes, job.limits.0),
         job.now_secs,
     )?;
+    forget_recovery_state(job.data_dir, dir)?;
     writeln!(
         out,
         "  wrote a clean log; damaged files moved to {}",
         aside.display()
     )?;
     Ok(true)
+}
+
+/// A rewritten log is recovered whole at the next start: its producer
+/// snapshots (which may remember dropped batches) are deleted, and so is
+/// the data directory's recovery-point checkpoint.
+fn forget_recovery_state(data_dir: &Path, dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "snapshot") {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    let rp = data_dir.join(crate::log::checkpoint::RECOVERY_POINT_FILE);
+    match std::fs::remove_file(&rp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", rp.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `<topic>-<partition>` directories of the data directory holding a log.

@@ -155,6 +155,7 @@ impl Shard {
         if self.offline.borrow().contains(&key) {
             return Ok(None);
         }
+        let checkpoint = self.checkpoints.borrow_mut().take(&t.name, index);
         let opened = Partition::open(
             &self.config.data_dir,
             &t.name,
@@ -166,6 +167,7 @@ impl Shard {
             self.config.flush_policy == FlushPolicy::GroupCommit,
             self.node_id,
             self.config.replica_lag_time_max_ms,
+            checkpoint,
         )
         .await;
         match opened {

@@ -37,6 +37,7 @@ use crate::cluster::owner_shard;
 use crate::cluster::records::NodeId;
 use crate::cluster::service::ClusterService;
 use crate::config::{Config, FlushPolicy};
+use crate::log::checkpoint::{CheckpointEntry, Checkpoints};
 use crate::log::space::{SpaceGuard, SpaceLimits};
 use crate::log::LogConfig;
 use crate::partition::{CacheBudget, Partition};
@@ -91,6 +92,12 @@ pub struct Shard {
     /// Idle frame buffers for reuse by this shard's connections.
     pub frame_pool: Rc<BufferPool>,
     pub shutting_down: Cell<bool>,
+    /// What the data directory's offset checkpoints said at start-up of
+    /// this shard's partitions, each entry taken by its partition's first
+    /// opening.
+    checkpoints: RefCell<Checkpoints>,
+    /// Shard 0: one writer of the checkpoint files at a time.
+    checkpoint_lock: glommio::sync::Semaphore,
     /// Coordinator of the groups whose `__consumer_offsets` partitions live here.
     pub groups: crate::group::GroupCoordinator,
 }
@@ -124,9 +131,13 @@ impl Shard {
             },
             count,
         ));
+        let mut checkpoints = Checkpoints::load(&config.data_dir);
+        checkpoints.retain(|t, p| owner_shard(t, p, count) == id);
         Rc::new(Shard {
             id,
             count,
+            checkpoints: RefCell::new(checkpoints),
+            checkpoint_lock: glommio::sync::Semaphore::new(1),
             groups,
             space,
             node_id: config.node_id,
@@ -393,6 +404,56 @@ impl Shard {
             })
             .detach();
         }
+    }
+
+    /// This shard's partitions' offsets for the checkpoint files; poisoned
+    /// ones are left out (their next opening scans them whole).
+    pub fn checkpoint_entries(&self) -> Vec<CheckpointEntry> {
+        self.partitions
+            .borrow()
+            .iter()
+            .filter(|(_, p)| !p.is_poisoned())
+            .map(|((topic, partition), p)| CheckpointEntry {
+                topic: topic.clone(),
+                partition: *partition,
+                offsets: p.checkpoint(),
+            })
+            .collect()
+    }
+
+    /// Shard 0: gathers every shard's entries and writes the data
+    /// directory's offset checkpoints.
+    pub async fn write_checkpoints(self: &Rc<Self>) -> Result<(), crate::log::LogError> {
+        let _one = self.checkpoint_lock.acquire_permit(1).await;
+        let gathered = (0..self.count).map(|s| {
+            self.invoke_on(
+                s,
+                |shard: Rc<Shard>| async move { shard.checkpoint_entries() },
+            )
+        });
+        let mut entries = Vec::new();
+        for r in futures::future::join_all(gathered).await {
+            entries.extend(r.unwrap_or_default());
+        }
+        crate::log::checkpoint::write_all(&self.config.data_dir, &entries).await
+    }
+
+    /// Shard 0: writes the offset checkpoints every `checkpoint_interval_ms`.
+    pub fn start_checkpointer(self: &Rc<Self>) {
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            let interval = Duration::from_millis(shard.config.checkpoint_interval_ms);
+            loop {
+                glommio::timer::sleep(interval).await;
+                if shard.shutting_down.get() {
+                    return;
+                }
+                if let Err(e) = shard.write_checkpoints().await {
+                    tracing::warn!(error = %e, "writing the offset checkpoints; recovery will scan more");
+                }
+            }
+        })
+        .detach();
     }
 
     /// A producer id from this node's block (allocated by the controller).

@@ -47,6 +47,7 @@ fn run_appends(iters: u64) -> Duration {
                 max_batch_bytes: 1 << 20,
                 max_decompressed_batch_bytes: 64 << 20,
                 preallocate: true,
+                segment_index_bytes: 10 << 20,
             };
             let mut log = Log::open(root.path().join("bench-0"), config, 0, -1, |_| {})
                 .await

@@ -19,6 +19,7 @@ pub mod placement;
 pub mod quorum;
 pub mod records;
 pub mod service;
+pub mod topic_config;
 pub mod transport;
 
 /// Topic table file in the data directory.
@@ -119,30 +120,6 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-}
-
-/// Topic configs a DescribeConfigs shows, with Kafka's defaults; values from
-/// CreateTopics override them.
-pub fn default_topic_configs(config: &crate::config::Config) -> Vec<(&'static str, String)> {
-    let segment_bytes = config.segment_bytes;
-    vec![
-        ("cleanup.policy", "delete".into()),
-        ("compression.type", "producer".into()),
-        (
-            "max.message.bytes",
-            crate::config::DEFAULT_MAX_MESSAGE_BYTES.to_string(),
-        ),
-        ("message.timestamp.type", "CreateTime".into()),
-        (
-            "min.insync.replicas",
-            config.min_insync_replicas.to_string(),
-        ),
-        ("retention.bytes", "-1".into()),
-        ("retention.ms", "604800000".into()),
-        ("segment.bytes", segment_bytes.to_string()),
-        ("segment.index.bytes", "10485760".into()),
-        ("unclean.leader.election.enable", "false".into()),
-    ]
 }
 
 #[cfg(test)]

@@ -72,6 +72,9 @@ pub struct LogConfig {
     /// Cap on a compressed batch's records when they are read.
     pub max_decompressed_batch_bytes: usize,
     pub preallocate: bool,
+    /// The active segment rolls once its offset index would pass this
+    /// many bytes (Kafka's segment.index.bytes).
+    pub segment_index_bytes: usize,
 }
 
 pub struct Log {
@@ -250,7 +253,8 @@ impl Log {
     /// True when `len` more bytes would overflow the active segment.
     pub fn needs_roll(&self, len: usize) -> bool {
         let a = self.active();
-        a.size > 0 && a.size + len as u64 > self.config.segment_bytes
+        let index_full = (a.index.offsets.len() + 1) * 8 > self.config.segment_index_bytes;
+        a.size > 0 && (a.size + len as u64 > self.config.segment_bytes || index_full)
     }
 
     /// Appends one batch whose offsets are already assigned. The caller made
@@ -642,6 +646,7 @@ mod tests {
             max_batch_bytes: 1 << 20,
             max_decompressed_batch_bytes: 16 << 20,
             preallocate: true,
+            segment_index_bytes: 10 << 20,
         }
     }
 

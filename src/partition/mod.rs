@@ -36,6 +36,7 @@ use replica::{AckState, ReplicaState};
 pub use replicated::{Assignment, FollowerRead};
 
 use crate::cluster::records::NodeId;
+use crate::cluster::topic_config::TopicConfig;
 use crate::log::checkpoint::PartitionCheckpoint;
 use crate::log::segment::PendingWrite;
 use crate::log::space::SpaceGuard;
@@ -141,6 +142,9 @@ pub struct Partition {
     space: Rc<SpaceGuard>,
     dirty: Cell<bool>,
     batch_limits: BatchLimits,
+    /// The topic's configs (max.message.bytes, timestamps, retention, ...),
+    /// replaced whenever the controller commits a change.
+    config: RefCell<TopicConfig>,
     /// Flush policy group commit: data counts as durable (for acks and the
     /// high watermark) only after an fdatasync; otherwise after the write.
     group_commit: bool,
@@ -241,6 +245,10 @@ impl Partition {
             space,
             dirty: Cell::new(false),
             batch_limits,
+            config: RefCell::new(TopicConfig::resolve(
+                &Default::default(),
+                &crate::config::Config::default(),
+            )),
             group_commit,
         }))
     }
@@ -248,6 +256,24 @@ impl Partition {
     pub fn high_watermark(&self) -> i64 {
         self.replica.borrow().high_watermark()
     }
+    /// Takes the topic's configs as they are now: produce checks from the
+    /// next request, the log's segment settings from the next roll.
+    pub fn set_config(&self, config: &TopicConfig) {
+        if *self.config.borrow() == *config {
+            return;
+        }
+        *self.config.borrow_mut() = config.clone();
+        let mut log = self.log.borrow_mut();
+        log.config.segment_bytes = config.segment_bytes;
+        log.config.index_interval_bytes = config.index_interval_bytes;
+        log.config.preallocate = config.preallocate;
+        log.config.segment_index_bytes = config.segment_index_bytes;
+    }
+
+    pub fn topic_config(&self) -> TopicConfig {
+        self.config.borrow().clone()
+    }
+
     /// The offsets the data directory's checkpoints keep for this partition.
     pub fn checkpoint(&self) -> PartitionCheckpoint {
         PartitionCheckpoint {
@@ -320,7 +346,13 @@ impl Partition {
         }
         // Every record is checked before anything is appended: a refused
         // produce stores nothing.
-        let produced = record::validate_produce(&records, &self.batch_limits)?;
+        let config = self.config.borrow().clone();
+        let limits = BatchLimits {
+            max_batch_bytes: config.max_message_bytes,
+            ..self.batch_limits
+        };
+        let produced = record::validate_produce(&records, &limits)?;
+        check_timestamps(&produced, &config, crate::shard::wall_clock_ms())?;
         let (first_base, end) = self.append_produced(&records, &produced).await?;
         if !self.dirty.replace(true) {
             mark_dirty(self.clone());
@@ -372,6 +404,9 @@ impl Partition {
         }
         let mut batch = BytesMut::from(&records[..produced.size]);
         record::normalize_header(&mut batch, produced);
+        if self.config.borrow().log_append_time {
+            record::set_log_append_time(&mut batch, crate::shard::wall_clock_ms());
+        }
         let header = BatchHeader::parse(&batch)?;
         if header.producer_id() >= 0 {
             match self.producers.borrow().check(&header) {
@@ -643,6 +678,26 @@ impl Partition {
     }
 }
 
+/// Kafka's message.timestamp.before/after.max.ms for CreateTime topics:
+/// every record's timestamp within the bounds of the broker's clock.
+fn check_timestamps(
+    produced: &record::ProducedBatch,
+    config: &TopicConfig,
+    now_ms: i64,
+) -> Result<(), PartitionError> {
+    if config.log_append_time || produced.max_timestamp == record::NO_TIMESTAMP {
+        return Ok(());
+    }
+    let too_old = now_ms.saturating_sub(produced.min_timestamp) > config.timestamp_before_max_ms;
+    let too_new = produced.max_timestamp.saturating_sub(now_ms) > config.timestamp_after_max_ms;
+    if too_old || too_new {
+        return Err(PartitionError::Batch(BatchError::InvalidTimestamp(
+            "a record's timestamp is outside message.timestamp.before.max.ms / after.max.ms of the broker's clock",
+        )));
+    }
+    Ok(())
+}
+
 /// What recovery from `scan_from` starts with: the producer state of the
 /// snapshot taken when that segment was rolled, and the leader epochs that
 /// start before it (the checkpoint was synced at that roll; later epochs
@@ -698,6 +753,7 @@ mod tests {
             max_batch_bytes: 1 << 20,
             max_decompressed_batch_bytes: 16 << 20,
             preallocate: true,
+            segment_index_bytes: 10 << 20,
         }
     }
 
@@ -740,7 +796,7 @@ mod tests {
             replicas: vec![1],
             isr: vec![1],
             ineligible: Default::default(),
-            min_insync_replicas: 1,
+            config: TopicConfig::resolve(&Default::default(), &crate::config::Config::default()),
         };
         p.assign(&role, 0);
         p

@@ -17,6 +17,7 @@ use super::epochs::{EpochEnd, LeaderEpochCache};
 use super::replica::{Effects, Role};
 use super::{FetchedData, Partition, PartitionError};
 use crate::cluster::records::NodeId;
+use crate::cluster::topic_config::TopicConfig;
 use crate::log::LogError;
 use crate::record::{self, BatchHeader};
 
@@ -30,7 +31,8 @@ pub struct Assignment {
     pub isr: Vec<NodeId>,
     /// Brokers the controller would refuse in the ISR.
     pub ineligible: BTreeSet<NodeId>,
-    pub min_insync_replicas: usize,
+    /// The topic's configs as they are now (applied live).
+    pub config: TopicConfig,
 }
 
 /// A follower fetch as the leader answers it.
@@ -81,7 +83,9 @@ impl Partition {
                 self.save_epochs();
             }
         }
-        self.min_insync_replicas.set(a.min_insync_replicas.max(1));
+        self.min_insync_replicas
+            .set(a.config.min_insync_replicas.max(1));
+        self.set_config(&a.config);
         let effects = self.replica.borrow_mut().assign(
             a.role,
             a.leader_epoch,
@@ -189,7 +193,11 @@ impl Partition {
         if self.space.is_full() || self.is_stalled() {
             return Err(PartitionError::NoSpace);
         }
-        let sizes = record::split_replicated(&records, self.batch_limits.max_batch_bytes)?;
+        // What the leader accepted under the topic's max.message.bytes, even
+        // above the broker's own limit.
+        let max_batch =
+            (self.batch_limits.max_batch_bytes).max(self.config.borrow().max_message_bytes);
+        let sizes = record::split_replicated(&records, max_batch)?;
         let _permit = self
             .append_lock
             .acquire_permit(1)

@@ -1,16 +1,18 @@
-//! DescribeConfigs (key 32), v1-4: topic configs (Kafka's defaults plus the
-//! values given at creation) and the broker's own settings.
+//! DescribeConfigs (key 32), v1-4: topic configs (every key ringtail
+//! supports, with sources and synonyms as Kafka reports them) and the
+//! broker's own settings.
 
 use std::rc::Rc;
 
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsRequest;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
+    DescribeConfigsSynonym,
 };
 use kafka_protocol::ResponseError;
 
 use super::str_bytes;
-use crate::cluster::default_topic_configs;
+use crate::cluster::topic_config;
 use crate::shard::Shard;
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -27,6 +29,16 @@ fn entry(name: &str, value: &str, source: i8) -> DescribeConfigsResourceResult {
         .with_read_only(source == SOURCE_STATIC_BROKER)
 }
 
+fn synonym(name: &str, value: &str, source: i8) -> DescribeConfigsSynonym {
+    DescribeConfigsSynonym::default()
+        .with_name(str_bytes(name))
+        .with_value(Some(str_bytes(value)))
+        .with_source(source)
+}
+
+/// Every topic config ringtail supports (what `kafka-configs --describe
+/// --all` lists), each with its source and, as Kafka gives them, its
+/// synonyms: the topic override, then the broker setting it falls back to.
 fn topic_configs(
     shard: &Shard,
     name: &str,
@@ -35,11 +47,28 @@ fn topic_configs(
     let meta = image
         .topic(name)
         .ok_or(ResponseError::UnknownTopicOrPartition)?;
-    let mut out: Vec<_> = default_topic_configs(&shard.config)
-        .into_iter()
-        .map(|(k, v)| match meta.configs.get(k) {
-            Some(set) => entry(k, set, SOURCE_DYNAMIC_TOPIC),
-            None => entry(k, &v, SOURCE_DEFAULT),
+    let mut out: Vec<_> = topic_config::KEYS
+        .iter()
+        .map(|spec| {
+            let default = spec.default_value(&shard.config);
+            let default_source = if spec.from_broker_config {
+                SOURCE_STATIC_BROKER
+            } else {
+                SOURCE_DEFAULT
+            };
+            let fallback = synonym(spec.broker_name, &default, default_source);
+            let e = match meta.configs.get(spec.name) {
+                Some(set) => entry(spec.name, set, SOURCE_DYNAMIC_TOPIC).with_synonyms(vec![
+                    synonym(spec.name, set, SOURCE_DYNAMIC_TOPIC),
+                    fallback,
+                ]),
+                None => DescribeConfigsResourceResult::default()
+                    .with_name(str_bytes(spec.name))
+                    .with_value(Some(str_bytes(&default)))
+                    .with_config_source(default_source)
+                    .with_synonyms(vec![fallback]),
+            };
+            e.with_config_type(spec.kind as i8)
         })
         .collect();
     for (k, v) in &meta.configs {
@@ -79,7 +108,7 @@ pub fn describe(
 ) -> DescribeConfigsResponse {
     let results = req
         .resources
-        .into_iter()
+        .iter()
         .map(|r| {
             let name = r.resource_name.to_string();
             let configs = match r.resource_type {
@@ -97,6 +126,11 @@ pub fn describe(
                 Ok(mut c) => {
                     if let Some(keys) = &r.configuration_keys {
                         c.retain(|e| keys.iter().any(|k| k.as_str() == e.name.as_str()));
+                    }
+                    if !req.include_synonyms {
+                        for e in &mut c {
+                            e.synonyms.clear();
+                        }
                     }
                     base.with_configs(c)
                 }

@@ -3,6 +3,7 @@
 //! internal errors become Kafka error codes. No I/O here: handlers call into
 //! shards and partitions.
 
+mod alter_configs;
 mod api_versions;
 mod cluster_admin;
 mod configs;
@@ -41,6 +42,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::FindCoordinator, 0, 4),
@@ -298,6 +301,12 @@ async fn dispatch(
         RequestKind::DescribeConfigs(r) => {
             ResponseKind::DescribeConfigs(configs::describe(shard, r, v))
         }
+        RequestKind::IncrementalAlterConfigs(r) => {
+            ResponseKind::IncrementalAlterConfigs(alter_configs::incremental(shard, r, v).await)
+        }
+        RequestKind::AlterConfigs(r) => {
+            ResponseKind::AlterConfigs(alter_configs::legacy(shard, r, v).await)
+        }
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(producer_id::handle(shard, r, v).await)
         }
@@ -411,6 +420,7 @@ pub fn controller_error_code(e: &ControllerError) -> ResponseError {
         C::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
         C::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
         C::InvalidRequest(_) => ResponseError::InvalidRequest,
+        C::InvalidConfig(_) => ResponseError::InvalidConfig,
         C::StaleBrokerEpoch(_) => ResponseError::StaleBrokerEpoch,
         C::UnknownBroker(_) => ResponseError::BrokerIdNotRegistered,
         C::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,

@@ -37,41 +37,12 @@ use crate::shard::Shard;
 const APPLIED_WAIT: Duration = Duration::from_secs(5);
 
 /// Waits until this broker's image satisfies `done`, at most APPLIED_WAIT.
-async fn applied_here(shard: &Rc<Shard>, done: impl Fn(&MetadataImage) -> bool) {
+pub(super) async fn applied_here(shard: &Rc<Shard>, done: impl Fn(&MetadataImage) -> bool) {
     let start = Instant::now();
     while !done(&shard.image()) && start.elapsed() < APPLIED_WAIT {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
 }
-
-/// Topic configs accepted at creation (others get INVALID_CONFIG).
-const KNOWN_TOPIC_CONFIGS: &[&str] = &[
-    "cleanup.policy",
-    "compression.type",
-    "delete.retention.ms",
-    "file.delete.delay.ms",
-    "flush.messages",
-    "flush.ms",
-    "index.interval.bytes",
-    "max.compaction.lag.ms",
-    "max.message.bytes",
-    "message.timestamp.type",
-    "min.cleanable.dirty.ratio",
-    "min.compaction.lag.ms",
-    "min.insync.replicas",
-    "preallocate",
-    "retention.bytes",
-    "retention.ms",
-    "segment.bytes",
-    "segment.index.bytes",
-    "segment.jitter.ms",
-    "segment.ms",
-    "unclean.leader.election.enable",
-    "message.downconversion.enable",
-    "message.timestamp.difference.max.ms",
-    "message.timestamp.before.max.ms",
-    "message.timestamp.after.max.ms",
-];
 
 /// Creates `name` with the default partition count and replication
 /// factor (Metadata auto-create).
@@ -136,24 +107,8 @@ fn check_create(
             format!("partition count {partitions} out of range"),
         ));
     }
-    if let Some(bad) = configs
-        .keys()
-        .find(|k| !KNOWN_TOPIC_CONFIGS.contains(&k.as_str()))
-    {
-        return Err((
-            ResponseError::InvalidConfig,
-            format!("unknown topic config {bad}"),
-        ));
-    }
-    if let Some(v) = configs.get("segment.bytes") {
-        if v.parse::<u64>()
-            .map_or(true, |b| !(16384..=u32::MAX as u64).contains(&b))
-        {
-            return Err((
-                ResponseError::InvalidConfig,
-                "segment.bytes must be 16384..4294967295".into(),
-            ));
-        }
+    if let Err(why) = crate::cluster::topic_config::validate_all(configs) {
+        return Err((ResponseError::InvalidConfig, why));
     }
     Ok(())
 }

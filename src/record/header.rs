@@ -233,6 +233,16 @@ pub(super) fn set_create_time(batch: &mut [u8], max_timestamp: i64) {
     update_crc(batch);
 }
 
+/// Stamps an accepted batch with the broker's time (message.timestamp.type
+/// = LogAppendTime): the timestamp-type bit and the max timestamp, which
+/// consumers read as every record's timestamp, and the CRC over them.
+pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
+    let attributes = be_i16(batch, ATTRIBUTES) | ATTR_LOG_APPEND_TIME;
+    batch[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
+    update_crc(batch);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +350,16 @@ mod tests {
         assert_eq!(h.base_timestamp(), 1_700_000_000_000);
         assert_eq!(h.max_timestamp() - h.base_timestamp(), before);
         assert_eq!(validate_batch(&batch, 1 << 20).unwrap(), batch.len());
+    }
+
+    #[test]
+    fn set_log_append_time_sets_the_type_bit_and_keeps_the_crc_valid() {
+        let mut batch = make_batch(2, Compression::None, 100);
+        set_log_append_time(&mut batch, 777);
+        let h = BatchHeader::parse(&batch).unwrap();
+        assert!(h.is_log_append_time());
+        assert_eq!(h.max_timestamp(), 777);
+        validate_batch(&batch, 1 << 20).unwrap();
     }
 
     #[test]

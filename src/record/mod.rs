@@ -19,8 +19,8 @@ use thiserror::Error;
 
 pub use compression::Codec;
 pub use header::{
-    assign_offsets, set_timestamps, split_replicated, validate_batch, BatchHeader,
-    BATCH_HEADER_BYTES, LOG_OVERHEAD, NO_TIMESTAMP,
+    assign_offsets, set_log_append_time, set_timestamps, split_replicated, validate_batch,
+    BatchHeader, BATCH_HEADER_BYTES, LOG_OVERHEAD, NO_TIMESTAMP,
 };
 pub use records::{
     batch_records, readable_records, record_positions, BatchRecords, Record, RecordPosition,

@@ -36,6 +36,8 @@ pub struct ProducedBatch {
     /// Largest record timestamp, or NO_TIMESTAMP: what Kafka stores as the
     /// batch's max timestamp.
     pub max_timestamp: i64,
+    /// Smallest record timestamp (for message.timestamp.before.max.ms).
+    pub min_timestamp: i64,
     /// The header's timestamp type or max timestamp disagree with its
     /// records; [`normalize_header`] rewrites them as Kafka does.
     pub rewrite_header: bool,
@@ -55,7 +57,7 @@ pub fn validate_produce(records: &[u8], limits: &BatchLimits) -> Result<Produced
     let h = BatchHeader::parse(records)?;
     let codec = check_header(&h)?;
     let limit = limits.max_decompressed_bytes;
-    let max_timestamp = match codec {
+    let (min_timestamp, max_timestamp) = match codec {
         Codec::None => walk(&mut h.records_bytes(), &h, codec, limit)?,
         _ => {
             let mut stream = compression::decompress(codec, h.records_bytes(), limit)?;
@@ -71,6 +73,7 @@ pub fn validate_produce(records: &[u8], limits: &BatchLimits) -> Result<Produced
     Ok(ProducedBatch {
         size,
         max_timestamp,
+        min_timestamp,
         rewrite_header: h.is_log_append_time() || h.max_timestamp() != max_timestamp,
     })
 }
@@ -102,7 +105,8 @@ fn check_header(h: &BatchHeader) -> Result<Codec, BatchError> {
 }
 
 /// Reads exactly `records_count` records, which must fill the records
-/// exactly, with offset deltas 0, 1, 2, ...; returns the largest timestamp.
+/// exactly, with offset deltas 0, 1, 2, ...; returns the smallest and the
+/// largest timestamp.
 /// Each record consumes bytes, so the loop is bounded by the data (or the
 /// decompression cap), not by the count.
 fn walk<R: BufRead>(
@@ -110,9 +114,10 @@ fn walk<R: BufRead>(
     h: &BatchHeader,
     codec: Codec,
     limit: usize,
-) -> Result<i64, BatchError> {
+) -> Result<(i64, i64), BatchError> {
     let base_timestamp = h.base_timestamp();
     let mut max_timestamp = NO_TIMESTAMP;
+    let mut min_timestamp = i64::MAX;
     for index in 0..h.records_count() {
         let record = match read_record(input, false) {
             Ok(Some(record)) => record,
@@ -130,10 +135,12 @@ fn walk<R: BufRead>(
                 reason: "record offset deltas are not 0, 1, 2, ...",
             });
         }
-        max_timestamp = max_timestamp.max(base_timestamp.wrapping_add(record.timestamp_delta));
+        let timestamp = base_timestamp.wrapping_add(record.timestamp_delta);
+        max_timestamp = max_timestamp.max(timestamp);
+        min_timestamp = min_timestamp.min(timestamp);
     }
     match at_end(input) {
-        Ok(true) => Ok(max_timestamp),
+        Ok(true) => Ok((min_timestamp, max_timestamp)),
         Ok(false) => Err(BatchError::Invalid(
             "batch holds more records than its count",
         )),

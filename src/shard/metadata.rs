@@ -16,6 +16,7 @@ use super::Shard;
 use crate::cluster::controller::{AlterPartitionItem, ControllerReply, ControllerRequest};
 use crate::cluster::image::{ImageChanges, MetadataImage, PartitionImage, TopicImage};
 use crate::cluster::records::NO_LEADER;
+use crate::cluster::topic_config::TopicConfig;
 use crate::cluster::CONSUMER_OFFSETS_TOPIC;
 use crate::config::FlushPolicy;
 use crate::partition::replica::{Effects, Role};
@@ -40,11 +41,6 @@ impl Shard {
         } else {
             Role::Follower(p.leader)
         };
-        let min_insync_replicas = t
-            .configs
-            .get("min.insync.replicas")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(self.config.min_insync_replicas as usize);
         Assignment {
             role,
             leader_epoch: p.leader_epoch,
@@ -57,7 +53,7 @@ impl Shard {
                 .filter(|b| !b.is_active())
                 .map(|b| b.registration.node_id)
                 .collect(),
-            min_insync_replicas,
+            config: TopicConfig::resolve(&t.configs, &self.config),
         }
     }
 
@@ -317,6 +313,14 @@ impl Shard {
 }
 
 /// Replication time: milliseconds on this process's monotonic clock.
+/// The wall clock in Unix milliseconds: record timestamps (LogAppendTime,
+/// timestamp bounds, time retention) are compared with it.
+pub fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 pub fn now_ms() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64

@@ -56,7 +56,7 @@ pub type PartitionKey = (String, i32);
 
 mod metadata;
 
-pub use metadata::now_ms;
+pub use metadata::{now_ms, wall_clock_ms};
 
 pub struct Shard {
     pub id: usize,
@@ -254,18 +254,17 @@ impl Shard {
     }
 
     fn log_config(&self, topic: &TopicImage) -> LogConfig {
-        let segment_bytes = topic
-            .configs
-            .get("segment.bytes")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(self.config.segment_bytes);
+        let t = crate::cluster::topic_config::TopicConfig::resolve(&topic.configs, &self.config);
         LogConfig {
-            segment_bytes,
-            index_interval_bytes: self.config.index_interval_bytes as u64,
+            segment_bytes: t.segment_bytes,
+            index_interval_bytes: t.index_interval_bytes,
             write_buffer_bytes: self.config.write_buffer_bytes,
+            // Recovery and followers take any batch the broker's limit
+            // allows; a topic's max.message.bytes applies to produce.
             max_batch_bytes: self.config.max_message_bytes,
             max_decompressed_batch_bytes: self.config.max_decompressed_batch_bytes,
-            preallocate: self.config.preallocate,
+            preallocate: t.preallocate,
+            segment_index_bytes: t.segment_index_bytes,
         }
     }
 

@@ -60,6 +60,8 @@ pub enum ControllerError {
     InvalidReplicaAssignment(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
     #[error("broker {0} is not registered with this epoch")]
     StaleBrokerEpoch(NodeId),
     #[error("broker {0} is not registered")]
@@ -124,6 +126,13 @@ pub enum ControllerRequest {
     AllocateProducerIds {
         node_id: NodeId,
         broker_epoch: u64,
+    },
+    /// IncrementalAlterConfigs / AlterConfigs (`replace`) of one topic.
+    AlterTopicConfigs {
+        topic: String,
+        ops: Vec<crate::cluster::topic_config::ConfigOp>,
+        replace: bool,
+        validate_only: bool,
     },
     /// Internal: `__consumer_offsets` exists once brokers are there.
     EnsureOffsetsTopic,
@@ -297,6 +306,12 @@ impl Controller {
                 node_id,
                 broker_epoch,
             } => self.allocate_producer_ids(image, node_id, broker_epoch),
+            R::AlterTopicConfigs {
+                topic,
+                ops,
+                replace,
+                validate_only,
+            } => topics::alter_configs(image, &topic, &ops, replace, validate_only),
             R::EnsureOffsetsTopic => self.ensure_offsets_topic(image),
             R::DescribeQuorum => Decision {
                 records: Vec::new(),

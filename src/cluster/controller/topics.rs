@@ -285,3 +285,39 @@ pub(super) fn create_partitions(
     }
     Decision::ready(records, ControllerReply::CreatePartitions(results))
 }
+
+/// A topic's config changes: checked as a whole, then one record per key
+/// that changes (none when nothing does, or `validate_only`).
+pub(super) fn alter_configs(
+    image: &MetadataImage,
+    topic: &str,
+    ops: &[crate::cluster::topic_config::ConfigOp],
+    replace: bool,
+    validate_only: bool,
+) -> Decision {
+    let Some(t) = image.topic(topic) else {
+        return Decision::refuse(ControllerError::UnknownTopicOrPartition(topic.to_string()));
+    };
+    if t.internal {
+        return Decision::refuse(ControllerError::InvalidRequest(format!(
+            "{topic} is internal: its configs are the broker's"
+        )));
+    }
+    let next = match crate::cluster::topic_config::apply_ops(&t.configs, ops, replace) {
+        Ok(next) => next,
+        Err(why) => return Decision::refuse(ControllerError::InvalidConfig(why)),
+    };
+    let mut records = Vec::new();
+    let keys: BTreeSet<&String> = t.configs.keys().chain(next.keys()).collect();
+    for key in keys {
+        let (old, new) = (t.configs.get(key), next.get(key));
+        if old != new && !validate_only {
+            records.push(MetadataRecord::TopicConfig {
+                topic_id: t.id,
+                key: key.clone(),
+                value: new.cloned(),
+            });
+        }
+    }
+    Decision::ready(records, ControllerReply::Done)
+}

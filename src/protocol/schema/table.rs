@@ -16,6 +16,8 @@ pub(super) const REQUESTS: &[Message] = &[
     Message { api_key: 20, versions: V(1, 6), flexible: V(4, 6), fields: DELETE_TOPICS_REQUEST }, // DeleteTopics
     Message { api_key: 37, versions: V(0, 3), flexible: V(2, 3), fields: CREATE_PARTITIONS_REQUEST }, // CreatePartitions
     Message { api_key: 32, versions: V(1, 4), flexible: V(4, 4), fields: DESCRIBE_CONFIGS_REQUEST }, // DescribeConfigs
+    Message { api_key: 33, versions: V(0, 2), flexible: V(2, 2), fields: ALTER_CONFIGS_REQUEST }, // AlterConfigs
+    Message { api_key: 44, versions: V(0, 1), flexible: V(1, 1), fields: INCREMENTAL_ALTER_CONFIGS_REQUEST }, // IncrementalAlterConfigs
     Message { api_key: 22, versions: V(0, 5), flexible: V(2, 5), fields: INIT_PRODUCER_ID_REQUEST }, // InitProducerId
     Message { api_key: 23, versions: V(2, 4), flexible: V(4, 4), fields: OFFSET_FOR_LEADER_EPOCH_REQUEST }, // OffsetForLeaderEpoch
     Message { api_key: 10, versions: V(0, 4), flexible: V(3, 4), fields: FIND_COORDINATOR_REQUEST }, // FindCoordinator
@@ -187,6 +189,39 @@ const DESCRIBE_CONFIGS_REQUEST: &[F] = &[
     F::new(Ty::Array(&Ty::Struct(DESCRIBE_CONFIGS_RESOURCE)), 1, 4), // Resources
     F::new(Ty::Bool, 1, 4), // IncludeSynonyms
     F::new(Ty::Bool, 3, 4), // IncludeDocumentation
+];
+
+const ALTER_CONFIGS_ALTERABLE_CONFIG: &[F] = &[
+    F::new(Ty::String, 0, 2), // Name
+    F::new(Ty::String, 0, 2).nullable(0, 2), // Value
+];
+
+const ALTER_CONFIGS_RESOURCE: &[F] = &[
+    F::new(Ty::Int8, 0, 2), // ResourceType
+    F::new(Ty::String, 0, 2), // ResourceName
+    F::new(Ty::Array(&Ty::Struct(ALTER_CONFIGS_ALTERABLE_CONFIG)), 0, 2), // Configs
+];
+
+const ALTER_CONFIGS_REQUEST: &[F] = &[
+    F::new(Ty::Array(&Ty::Struct(ALTER_CONFIGS_RESOURCE)), 0, 2), // Resources
+    F::new(Ty::Bool, 0, 2), // ValidateOnly
+];
+
+const INCREMENTAL_ALTER_CONFIGS_ALTERABLE_CONFIG: &[F] = &[
+    F::new(Ty::String, 0, 1), // Name
+    F::new(Ty::Int8, 0, 1), // ConfigOperation
+    F::new(Ty::String, 0, 1).nullable(0, 1), // Value
+];
+
+const INCREMENTAL_ALTER_CONFIGS_ALTER_CONFIGS_RESOURCE: &[F] = &[
+    F::new(Ty::Int8, 0, 1), // ResourceType
+    F::new(Ty::String, 0, 1), // ResourceName
+    F::new(Ty::Array(&Ty::Struct(INCREMENTAL_ALTER_CONFIGS_ALTERABLE_CONFIG)), 0, 1), // Configs
+];
+
+const INCREMENTAL_ALTER_CONFIGS_REQUEST: &[F] = &[
+    F::new(Ty::Array(&Ty::Struct(INCREMENTAL_ALTER_CONFIGS_ALTER_CONFIGS_RESOURCE)), 0, 1), // Resources
+    F::new(Ty::Bool, 0, 1), // ValidateOnly
 ];
 
 const INIT_PRODUCER_ID_REQUEST: &[F] = &[

@@ -464,8 +464,10 @@ async fn recover_segment(
                 break;
             }
             let length = i32::from_be_bytes(carry[8..12].try_into().expect("4"));
-            if length <= 0 {
-                complete = carry.iter().all(|b| *b == 0) && read_pos >= file_size;
+            if length <= 0 || carry.starts_with(&segment::PADDING_HEADER) {
+                // The padding of the last page, or preallocated zeros: a
+                // clean end if nothing but padding follows.
+                complete = segment::is_padding(&carry) && read_pos >= file_size;
                 break 'scan;
             }
             let size = LOG_OVERHEAD + length as usize;
@@ -495,7 +497,8 @@ async fn recover_segment(
             }
         }
         if read_pos >= file_size {
-            complete = carry.is_empty();
+            // Less than a header left: clean if it is padding.
+            complete = segment::is_padding(&carry);
             break;
         }
         let want = RECOVERY_READ_BYTES.min((file_size - read_pos) as usize);
@@ -910,6 +913,125 @@ mod tests {
                 .unwrap();
             assert_eq!(log.log_end_offset(), 30);
             assert_eq!(std::fs::metadata(&file).unwrap().len(), size);
+        });
+    }
+
+    /// Kafka 4.1's FileLogInputStream.nextBatch over a whole file: the
+    /// (base offset, last offset, position) of each batch it yields, or the
+    /// CorruptRecordException it throws.
+    fn kafka_batches(file: &[u8]) -> Result<Vec<(i64, i64, usize)>, String> {
+        let (mut position, end) = (0usize, file.len());
+        let mut out = Vec::new();
+        while position + 17 <= end {
+            let size = i32::from_be_bytes(file[position + 8..position + 12].try_into().unwrap());
+            if size < 14 {
+                return Err(format!("record size {size} at {position}"));
+            }
+            if position + LOG_OVERHEAD + size as usize > end {
+                break;
+            }
+            let h = BatchHeader::parse(&file[position..]).unwrap();
+            out.push((h.base_offset(), h.last_offset(), position));
+            position += LOG_OVERHEAD + size as usize;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn kafka_reads_the_active_segment_through_its_padding() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            probe_device(dir.path()).await.unwrap();
+            let path = dir.path().join("t-0");
+            let file = path.join(segment::log_file_name(0));
+            let mut log = Log::open(path.clone(), config(1 << 30), 0, -1, |_| {})
+                .await
+                .unwrap();
+            for round in 1..=40i64 {
+                append(&mut log, 1).await;
+                let bytes = std::fs::read(&file).unwrap();
+                assert_eq!(bytes.len() as u64, segment::align_up(log.active().size));
+                let batches = kafka_batches(&bytes).unwrap();
+                assert_eq!(batches.len() as i64, round, "every batch, then a clean end");
+                assert!(segment::is_padding(&bytes[log.active().size as usize..]));
+            }
+            let size = log.active().size;
+            drop(log); // no clean shutdown: the padding stays on disk
+            let log = Log::open(path.clone(), config(1 << 30), 0, -1, |_| {})
+                .await
+                .unwrap();
+            assert_eq!(log.log_end_offset(), 400, "padding read as a clean end");
+            assert_eq!(std::fs::metadata(&file).unwrap().len(), size, "trimmed");
+            // Short padding (no room for the header) is a clean end too.
+            drop(log);
+            let mut bytes = std::fs::read(&file).unwrap();
+            bytes.resize(size as usize + 7, 0);
+            std::fs::write(&file, &bytes).unwrap();
+            let log = Log::open(path, config(1 << 30), 0, -1, |_| {})
+                .await
+                .unwrap();
+            assert_eq!(log.log_end_offset(), 400);
+            assert_eq!(std::fs::metadata(&file).unwrap().len(), size);
+        });
+    }
+
+    /// What kafka-dump-log --verify-index-only checks, on sealed segments:
+    /// each `.index` entry names the last offset of the batch at its
+    /// position; each `.timeindex` entry names a batch's last offset and
+    /// that batch's max timestamp, timestamps strictly rising.
+    #[test]
+    fn sealed_indexes_map_last_offsets_as_kafka_writes_them() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            probe_device(dir.path()).await.unwrap();
+            let path = dir.path().join("t-0");
+            let mut log = Log::open(path.clone(), config(16 * 1024), 0, -1, |_| {})
+                .await
+                .unwrap();
+            append(&mut log, 200).await;
+            let sealed: Vec<_> = log.segments[..log.segments.len() - 1]
+                .iter()
+                .map(|s| (s.base_offset, s.path.clone()))
+                .collect();
+            assert!(sealed.len() > 3);
+            for (base, file) in sealed {
+                let batches = kafka_batches(&std::fs::read(&file).unwrap()).unwrap();
+                let offsets = std::fs::read(file.with_extension("index")).unwrap();
+                let entries = index::SegmentIndex::decode_offsets(&offsets);
+                assert!(entries.len() > 5);
+                for e in entries {
+                    let (_, last, _) = batches
+                        .iter()
+                        .find(|b| b.2 == e.position as usize)
+                        .expect("an entry points at a batch");
+                    assert_eq!(base + e.relative_offset as i64, *last);
+                }
+                let times = std::fs::read(file.with_extension("timeindex")).unwrap();
+                let mut previous = -1;
+                for t in times.chunks_exact(12) {
+                    let ts = i64::from_be_bytes(t[..8].try_into().unwrap());
+                    let rel = u32::from_be_bytes(t[8..].try_into().unwrap()) as i64;
+                    let batch = batches
+                        .iter()
+                        .find(|b| b.1 == base + rel)
+                        .expect("a last offset");
+                    let bytes = std::fs::read(&file).unwrap();
+                    let h = BatchHeader::parse(&bytes[batch.2..]).unwrap();
+                    assert_eq!(h.max_timestamp(), ts);
+                    assert!(ts > previous);
+                    previous = ts;
+                }
+            }
+            // Reads from every offset still find their batch.
+            for offset in [0, 1, 9, 10, 11, 555, 1999] {
+                let plan = log.locate(offset).unwrap();
+                let bytes = read_batches(&plan, offset, 2000, 1)
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let h = BatchHeader::parse(&bytes).unwrap();
+                assert!((h.base_offset()..=h.last_offset()).contains(&offset));
+            }
         });
     }
 }

@@ -5,10 +5,21 @@
 //! Durability contract of the appender:
 //! - `append` copies a batch into the write-behind buffer (a page-aligned DMA
 //!   buffer that maps to file position `buf_pos`). Nothing is on the device yet.
-//! - `take_write` hands the filled pages (the last partial page zero padded)
-//!   to the caller, who writes them at `buf_pos` and then calls `written_to`.
-//!   The partial last page stays behind in `tail` and is rewritten with the
-//!   next write, so the device always holds whole, aligned pages.
+//! - `take_write` hands the filled pages (the last partial page padded, see
+//!   `fill_padding`) to the caller, who writes them at `buf_pos` and then
+//!   calls `written_to`. The partial last page stays behind in `tail` and is
+//!   rewritten with the next write, so the device always holds whole,
+//!   aligned pages.
+//! - The file size therefore ends at a page boundary while the segment is
+//!   active (preallocation keeps the size, FALLOC_FL_KEEP_SIZE), and the
+//!   padding after the last batch is visible to readers of the file such as
+//!   kafka-dump-log. It starts with a header that Kafka's FileRecords reads
+//!   as an incomplete last batch, so they stop there cleanly instead of
+//!   failing on a zero length. Keeping the size exact instead (ftruncate
+//!   after each write) costs a metadata update, a read-modify-write of the
+//!   last block and the preallocated blocks per write round (BENCHMARKS.md).
+//!   Sealing and a clean shutdown trim the file to its batches; recovery
+//!   treats the padding as a clean end.
 //! - Bytes are durable only after an fdatasync that started after `written_to`.
 //!   The partition tracks that; the segment never syncs on its own except when sealed.
 //! - At most one write is in flight per segment (the partition's io lock), so
@@ -26,6 +37,7 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use super::index::SegmentIndex;
 use super::LogError;
+use crate::record::LOG_OVERHEAD;
 
 /// Alignment of every O_DIRECT write and read position.
 pub const PAGE_BYTES: u64 = 4096;
@@ -35,6 +47,43 @@ pub fn align_down(v: u64) -> u64 {
 }
 pub fn align_up(v: u64) -> u64 {
     align_down(v + PAGE_BYTES - 1)
+}
+
+/// Batch-header prefix that starts the padding after the last batch when
+/// at least that much padding is left: base offset -1 (no batch has it) and
+/// a length of a whole page, more than the rest of the page holds. Kafka's
+/// FileLogInputStream takes a length running past the file's end for a
+/// batch still being written and ends the iteration there (a zero length
+/// would be a CorruptRecordException); shorter padding is below Kafka's
+/// smallest header (17 bytes) and ends it the same way.
+pub const PADDING_HEADER: [u8; LOG_OVERHEAD] = {
+    let mut h = [0xffu8; LOG_OVERHEAD];
+    let length = (PAGE_BYTES as i32).to_be_bytes();
+    h[8] = length[0];
+    h[9] = length[1];
+    h[10] = length[2];
+    h[11] = length[3];
+    h
+};
+const _: () = assert!(PAGE_BYTES <= i32::MAX as u64);
+
+/// Fills the padding after the last batch of a partial page.
+pub fn fill_padding(padding: &mut [u8]) {
+    padding.fill(0);
+    if padding.len() >= LOG_OVERHEAD {
+        padding[..LOG_OVERHEAD].copy_from_slice(&PADDING_HEADER);
+    }
+}
+
+/// True when `bytes`, which run from the end of the last batch to the end
+/// of the file, are padding: zeros (preallocated space, or padding written
+/// before the header existed), or `PADDING_HEADER` then zeros.
+pub fn is_padding(bytes: &[u8]) -> bool {
+    let rest = match bytes.strip_prefix(&PADDING_HEADER[..]) {
+        Some(rest) => rest,
+        None => bytes,
+    };
+    rest.iter().all(|b| *b == 0)
 }
 
 pub fn log_file_name(base_offset: i64) -> String {
@@ -133,17 +182,19 @@ impl Segment {
         max_ts: i64,
         interval: u64,
     ) {
-        self.index.track(
-            &mut self.bytes_since_index,
-            (position, size),
-            (base - self.base_offset) as u32,
-            self.max_timestamp.max(max_ts),
-            interval,
-        );
+        debug_assert!(base >= self.base_offset);
         if max_ts > self.max_timestamp {
             self.max_timestamp = max_ts;
             self.offset_of_max_timestamp = last;
         }
+        let relative = |offset: i64| (offset - self.base_offset).max(0) as u32;
+        self.index.track(
+            &mut self.bytes_since_index,
+            (position, size),
+            relative(last),
+            (self.max_timestamp, relative(self.offset_of_max_timestamp)),
+            interval,
+        );
         self.next_offset = last + 1;
     }
 
@@ -196,7 +247,8 @@ impl Segment {
         position
     }
 
-    /// Takes the buffered pages for writing; `None` when the device is current.
+    /// Takes the buffered pages for writing, the last partial page padded;
+    /// `None` when the device is current.
     pub fn take_write(&mut self) -> Option<PendingWrite> {
         if self.written == self.size {
             return None;
@@ -205,7 +257,7 @@ impl Segment {
         let len = self.buf_len;
         let full = align_down(len as u64) as usize;
         let padded = align_up(len as u64) as usize;
-        buffer.as_bytes_mut()[len..padded].fill(0);
+        fill_padding(&mut buffer.as_bytes_mut()[len..padded]);
         self.tail = buffer.as_bytes()[full..len].to_vec();
         buffer.trim_to_size(padded);
         let position = self.buf_pos;

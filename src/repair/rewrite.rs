@@ -137,6 +137,8 @@ struct SegmentWriter {
     index: SegmentIndex,
     bytes_since_index: u64,
     max_timestamp: i64,
+    /// Last offset of the batch holding `max_timestamp`, relative.
+    relative_offset_of_max: u32,
     next_offset: i64,
     interval: u64,
 }
@@ -153,6 +155,7 @@ impl SegmentWriter {
             index: SegmentIndex::default(),
             bytes_since_index: 0,
             max_timestamp: -1,
+            relative_offset_of_max: 0,
             next_offset: base_offset,
             interval,
         })
@@ -160,18 +163,22 @@ impl SegmentWriter {
 
     fn push(&mut self, batch: &[u8]) -> Result<(), RepairError> {
         let h = BatchHeader::parse(batch).expect("validated");
-        let relative = u32::try_from(h.base_offset() - self.base_offset).map_err(|_| {
+        // Kafka's index entries name a batch's last offset (see log::index).
+        let relative = u32::try_from(h.last_offset() - self.base_offset).map_err(|_| {
             RepairError::Changed {
                 path: self.path.clone(),
                 position: self.position,
             }
         })?;
-        self.max_timestamp = self.max_timestamp.max(h.max_timestamp());
+        if h.max_timestamp() > self.max_timestamp {
+            self.max_timestamp = h.max_timestamp();
+            self.relative_offset_of_max = relative;
+        }
         self.index.track(
             &mut self.bytes_since_index,
             (self.position, batch.len() as u64),
             relative,
-            self.max_timestamp,
+            (self.max_timestamp, self.relative_offset_of_max),
             self.interval,
         );
         self.file
@@ -184,7 +191,10 @@ impl SegmentWriter {
 
     /// Syncs the log, writes and syncs the indexes; returns the offset after
     /// the last batch.
-    fn finish(self) -> Result<i64, RepairError> {
+    fn finish(mut self) -> Result<i64, RepairError> {
+        // As a sealed segment: the time index ends at the maximum.
+        self.index
+            .seal(self.max_timestamp, self.relative_offset_of_max);
         let file = self
             .file
             .into_inner()

@@ -23,6 +23,7 @@
 
 use std::io::Read;
 
+use crate::log::segment::PADDING_HEADER;
 use crate::record::{validate_batch, BatchHeader, BATCH_HEADER_BYTES, LOG_OVERHEAD};
 
 /// One part of a segment file, by file position.
@@ -32,8 +33,9 @@ pub enum Piece {
     Batch(Candidate),
     /// Bytes that are no intact batch.
     Damaged { position: u64, size: u64 },
-    /// Zeros from the last batch to the end of the file (a page's padding
-    /// or preallocated space): nothing lost.
+    /// Padding from the last batch to the end of the file (a page's
+    /// padding, see `segment::is_padding`, or preallocated zeros): nothing
+    /// lost.
     ZeroTail { position: u64, size: u64 },
 }
 
@@ -76,11 +78,13 @@ pub fn classify(buf: &[u8], segment_base: i64, max_batch_bytes: usize) -> Option
     sane.then_some(size)
 }
 
-/// A region of bytes being skipped: where it started and whether it is all zeros.
+/// A region of bytes being skipped: where it started, whether it is all
+/// zeros, and whether it is `PADDING_HEADER` then zeros.
 struct Skipped {
     position: u64,
     size: u64,
     zeros: bool,
+    padding: bool,
 }
 
 /// Scans segment number `segment` (base offset `segment_base`) from its
@@ -129,7 +133,10 @@ pub fn scan_segment<R: Read>(
                     position,
                     size: 0,
                     zeros: true,
+                    padding: true,
                 });
+                let padding_byte = PADDING_HEADER.get(s.size as usize).copied();
+                s.padding &= rest[0] == padding_byte.unwrap_or(0);
                 s.size += 1;
                 s.zeros &= rest[0] == 0;
                 start += 1;
@@ -144,7 +151,7 @@ pub fn scan_segment<R: Read>(
 }
 
 fn skipped_piece(s: Skipped, at_end: bool) -> Piece {
-    if at_end && s.zeros {
+    if at_end && (s.zeros || s.padding) {
         Piece::ZeroTail {
             position: s.position,
             size: s.size,
@@ -354,6 +361,27 @@ mod tests {
                 size: 4000
             })
         );
+        // The active segment's padding starts with a header Kafka's tools
+        // stop at; it is padding too, but not in the middle of the file.
+        crate::log::segment::fill_padding(&mut bytes[end..]);
+        let pieces = scan(&bytes, 0, 4096);
+        assert_eq!(
+            pieces.last(),
+            Some(&Piece::ZeroTail {
+                position: end as u64,
+                size: 4000
+            })
+        );
+        let mut moved = bytes[..at[2].0].to_vec();
+        moved.extend_from_slice(&bytes[end..]);
+        moved.extend_from_slice(&bytes[at[2].0..end]);
+        let pieces = scan(&moved, 0, 4096);
+        assert_eq!(kept(&pieces), vec![0, 5, 10]);
+        assert!(pieces.contains(&Piece::Damaged {
+            position: at[2].0 as u64,
+            size: 4000
+        }));
+        bytes[end..].fill(0);
         let (pos, size) = at[1];
         bytes[pos..pos + size].fill(0);
         let pieces = scan(&bytes, 0, 4096);

@@ -29,10 +29,13 @@ use crate::shard::Shard;
 ///   "FindCoordinator request for key ... type=TRANSACTION ... failed due to
 ///   an unexpected error"; `kafka-transactions describe` prints that message
 ///   and exits 1 at once.
-/// - kafkajs: KafkaJSProtocolError "The version of API is not supported"
-///   (non-retriable: its retrier bails out).
-/// - kafka-python: KafkaError "Could not find a coordinator ... unexpected
-///   error: UnsupportedVersionError".
+/// - kafkajs: the non-retriable "The version of API is not supported"
+///   makes its lookup give up on the broker, and producer.transaction()
+///   fails within milliseconds with KafkaJSGroupCoordinatorNotFound
+///   (retriable: false); it does not show the broker's message.
+/// - kafka-python: KafkaError "Could not find a coordinator with type 1 ...
+///   due to unexpected error: [Error 35] UnsupportedVersionError".
+///
 /// INVALID_REQUEST would tell the user their client sent a malformed request;
 /// TRANSACTIONAL_ID_AUTHORIZATION_FAILED would send them looking for ACLs
 /// (and the Java producer treats it as abortable at InitProducerId).

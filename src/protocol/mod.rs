@@ -10,6 +10,7 @@ mod fetch;
 pub mod groups;
 mod leader_epoch;
 mod list_offsets;
+mod log_dirs;
 mod metadata;
 mod produce;
 mod producer_id;
@@ -41,6 +42,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::FindCoordinator, 0, 4),
@@ -297,6 +299,9 @@ async fn dispatch(
         }
         RequestKind::DescribeConfigs(r) => {
             ResponseKind::DescribeConfigs(configs::describe(shard, r, v))
+        }
+        RequestKind::DescribeLogDirs(r) => {
+            ResponseKind::DescribeLogDirs(log_dirs::describe(shard, r, v).await)
         }
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(producer_id::handle(shard, r, v).await)

@@ -16,6 +16,7 @@ pub(super) const REQUESTS: &[Message] = &[
     Message { api_key: 20, versions: V(1, 6), flexible: V(4, 6), fields: DELETE_TOPICS_REQUEST }, // DeleteTopics
     Message { api_key: 37, versions: V(0, 3), flexible: V(2, 3), fields: CREATE_PARTITIONS_REQUEST }, // CreatePartitions
     Message { api_key: 32, versions: V(1, 4), flexible: V(4, 4), fields: DESCRIBE_CONFIGS_REQUEST }, // DescribeConfigs
+    Message { api_key: 35, versions: V(1, 4), flexible: V(2, 4), fields: DESCRIBE_LOG_DIRS_REQUEST }, // DescribeLogDirs
     Message { api_key: 22, versions: V(0, 5), flexible: V(2, 5), fields: INIT_PRODUCER_ID_REQUEST }, // InitProducerId
     Message { api_key: 23, versions: V(2, 4), flexible: V(4, 4), fields: OFFSET_FOR_LEADER_EPOCH_REQUEST }, // OffsetForLeaderEpoch
     Message { api_key: 10, versions: V(0, 4), flexible: V(3, 4), fields: FIND_COORDINATOR_REQUEST }, // FindCoordinator
@@ -187,6 +188,15 @@ const DESCRIBE_CONFIGS_REQUEST: &[F] = &[
     F::new(Ty::Array(&Ty::Struct(DESCRIBE_CONFIGS_RESOURCE)), 1, 4), // Resources
     F::new(Ty::Bool, 1, 4), // IncludeSynonyms
     F::new(Ty::Bool, 3, 4), // IncludeDocumentation
+];
+
+const DESCRIBE_LOG_DIRS_DESCRIBABLE_LOG_DIR_TOPIC: &[F] = &[
+    F::new(Ty::String, 1, 4), // Topic
+    F::new(Ty::Array(&Ty::Int32), 1, 4), // Partitions
+];
+
+const DESCRIBE_LOG_DIRS_REQUEST: &[F] = &[
+    F::new(Ty::Array(&Ty::Struct(DESCRIBE_LOG_DIRS_DESCRIBABLE_LOG_DIR_TOPIC)), 1, 4).nullable(1, 4), // Topics
 ];
 
 const INIT_PRODUCER_ID_REQUEST: &[F] = &[

@@ -342,6 +342,12 @@ impl Log {
         Some((start, self.locate(start)?))
     }
 
+    /// Bytes of batches in the log: the sum of its segments' sizes, as
+    /// Kafka's `Log.size` (not the files' preallocated lengths).
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size).sum()
+    }
+
     /// Largest timestamp in the log and the offset of the batch carrying it.
     pub fn max_timestamp(&self) -> (i64, i64) {
         self.segments

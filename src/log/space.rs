@@ -141,6 +141,11 @@ impl SpaceGuard {
         self.limits.threshold_bytes(self.checked.get().total_bytes)
     }
 
+    /// Size of the file system at the last check; 0 before any succeeded.
+    pub fn total_bytes(&self) -> u64 {
+        self.checked.get().total_bytes
+    }
+
     /// Free bytes now, as far as this shard knows.
     pub fn free_bytes(&self) -> u64 {
         self.checked

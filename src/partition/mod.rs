@@ -291,6 +291,10 @@ impl Partition {
     pub fn max_timestamp(&self) -> (i64, i64) {
         self.log.borrow().max_timestamp()
     }
+    /// Bytes of batches in the log (DescribeLogDirs' partition size).
+    pub fn size_bytes(&self) -> u64 {
+        self.log.borrow().size_bytes()
+    }
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.get()
     }

@@ -11,6 +11,7 @@ mod fetch;
 pub mod groups;
 mod leader_epoch;
 mod list_offsets;
+mod log_dirs;
 mod metadata;
 mod produce;
 mod producer_id;
@@ -44,6 +45,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::FindCoordinator, 0, 4),
@@ -306,6 +308,9 @@ async fn dispatch(
         }
         RequestKind::AlterConfigs(r) => {
             ResponseKind::AlterConfigs(alter_configs::legacy(shard, r, v).await)
+        }
+        RequestKind::DescribeLogDirs(r) => {
+            ResponseKind::DescribeLogDirs(log_dirs::describe(shard, r, v).await)
         }
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(producer_id::handle(shard, r, v).await)

@@ -2,14 +2,17 @@
 //! handed out from blocks the active controller allocates in the metadata
 //! log, so no id is given twice anywhere in the cluster. A producer that
 //! passes its current id and epoch (KIP-360) gets the epoch bumped.
-//! Transactions are not supported: a transactional id is refused.
+//! Transactions are not supported: a transactional id is refused with the
+//! non-retriable UNSUPPORTED_VERSION, as FindCoordinator refuses a
+//! transaction coordinator lookup (see `groups::NO_TRANSACTIONS` for why
+//! that code and what each client makes of it). Transactional producers
+//! look their coordinator up first, so most never get here.
 
 use std::rc::Rc;
 
 use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
 use kafka_protocol::messages::init_producer_id_response::InitProducerIdResponse;
 use kafka_protocol::messages::ProducerId;
-use kafka_protocol::ResponseError;
 
 use crate::shard::Shard;
 
@@ -22,7 +25,7 @@ pub async fn handle(
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
     if req.transactional_id.is_some() {
-        return response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+        return response.with_error_code(super::groups::NO_TRANSACTIONS.0.code());
     }
     if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
         return response

@@ -18,6 +18,7 @@ pub(super) const REQUESTS: &[Message] = &[
     Message { api_key: 32, versions: V(1, 4), flexible: V(4, 4), fields: DESCRIBE_CONFIGS_REQUEST }, // DescribeConfigs
     Message { api_key: 33, versions: V(0, 2), flexible: V(2, 2), fields: ALTER_CONFIGS_REQUEST }, // AlterConfigs
     Message { api_key: 44, versions: V(0, 1), flexible: V(1, 1), fields: INCREMENTAL_ALTER_CONFIGS_REQUEST }, // IncrementalAlterConfigs
+    Message { api_key: 35, versions: V(1, 4), flexible: V(2, 4), fields: DESCRIBE_LOG_DIRS_REQUEST }, // DescribeLogDirs
     Message { api_key: 22, versions: V(0, 5), flexible: V(2, 5), fields: INIT_PRODUCER_ID_REQUEST }, // InitProducerId
     Message { api_key: 23, versions: V(2, 4), flexible: V(4, 4), fields: OFFSET_FOR_LEADER_EPOCH_REQUEST }, // OffsetForLeaderEpoch
     Message { api_key: 10, versions: V(0, 4), flexible: V(3, 4), fields: FIND_COORDINATOR_REQUEST }, // FindCoordinator
@@ -222,6 +223,15 @@ const INCREMENTAL_ALTER_CONFIGS_ALTER_CONFIGS_RESOURCE: &[F] = &[
 const INCREMENTAL_ALTER_CONFIGS_REQUEST: &[F] = &[
     F::new(Ty::Array(&Ty::Struct(INCREMENTAL_ALTER_CONFIGS_ALTER_CONFIGS_RESOURCE)), 0, 1), // Resources
     F::new(Ty::Bool, 0, 1), // ValidateOnly
+];
+
+const DESCRIBE_LOG_DIRS_DESCRIBABLE_LOG_DIR_TOPIC: &[F] = &[
+    F::new(Ty::String, 1, 4), // Topic
+    F::new(Ty::Array(&Ty::Int32), 1, 4), // Partitions
+];
+
+const DESCRIBE_LOG_DIRS_REQUEST: &[F] = &[
+    F::new(Ty::Array(&Ty::Struct(DESCRIBE_LOG_DIRS_DESCRIBABLE_LOG_DIR_TOPIC)), 1, 4).nullable(1, 4), // Topics
 ];
 
 const INIT_PRODUCER_ID_REQUEST: &[F] = &[

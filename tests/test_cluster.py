@@ -198,6 +198,26 @@ def test_killed_broker_is_fenced_well_within_the_session_timeout(cluster_factory
     produce(c.live_bootstrap(), "quick", [b"after-%d" % i for i in range(50)])
 
 
+def test_killed_active_controller_is_fenced_after_the_election_within_the_refused_timeout(
+        cluster_factory):
+    """The new active controller starts every session afresh, but its own
+    link to the dead node is refused too: fenced about REFUSED_TIMEOUT_S
+    after the election, not a whole session."""
+    c = cluster_factory()
+    c.create_topic("headless", partitions=3, replication_factor=3)
+    active = quorum_leader(c.nodes[1].port)
+    survivor = next(n for n in c.nodes if n != active)
+    assert active in c.leaders("headless").values()
+    c.nodes[active].kill()
+    killed_at = time.time()
+    c.wait_for(leaders_off(c, "headless", active, survivor), "new leaders for the old controller",
+               timeout=30, topic="headless", via=survivor)
+    elapsed = time.time() - killed_at
+    # Election (1-2 s, more under load) + REFUSED_TIMEOUT_S; a session: 9 s more.
+    assert elapsed < 3 + REFUSED_TIMEOUT_S + 2.5, f"leaders moved after {elapsed:.1f} s"
+    print(f"leaders moved {elapsed:.2f} s after the controller's kill")
+
+
 def test_stopped_broker_keeps_its_session_until_it_expires(cluster_factory):
     """SIGSTOP: alive, not answering, its ports still accept. Like a broker
     stalled by load or a partition, it is not fenced before its session

@@ -159,6 +159,19 @@ pub const DEFAULT_BROKER_SESSION_TIMEOUT_MS: u64 = 9_000;
 /// How often a broker heartbeats to the active controller (Kafka: 2000 ms);
 /// a fenced broker heartbeats every Raft tick until it is unfenced.
 pub const DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+/// A broker whose controller listener refused the active controller's
+/// connection after its last heartbeat is fenced once that heartbeat is this
+/// old, well before its session expires: a refused connection means no
+/// process listens there (killed, crashed), while a stopped, overloaded or
+/// partitioned broker's port accepts or times out and keeps its full
+/// session. Unset: this many heartbeat intervals (capped by the session
+/// timeout), so that one heartbeat may be late under load without the
+/// refusal alone fencing the broker.
+pub const BROKER_REFUSED_TIMEOUT_HEARTBEATS: u64 = 2;
+const _: () = assert!(
+    BROKER_REFUSED_TIMEOUT_HEARTBEATS * DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS
+        < DEFAULT_BROKER_SESSION_TIMEOUT_MS
+);
 /// Longest a broker-to-controller request (admin changes, ISR changes,
 /// registration) waits for a controller to commit it before failing with a
 /// retriable error; covers one controller failover.
@@ -316,6 +329,8 @@ pub struct Config {
     pub controller_voters: Option<String>,
     pub broker_session_timeout_ms: u64,
     pub broker_heartbeat_interval_ms: u64,
+    /// See [`BROKER_REFUSED_TIMEOUT_HEARTBEATS`]; unset: two heartbeat intervals.
+    pub broker_refused_timeout_ms: Option<u64>,
     pub controller_request_timeout_ms: u64,
     pub controlled_shutdown_timeout_ms: u64,
     /// Replicas of topics created with -1 (Kafka's `default.replication.factor`).
@@ -368,6 +383,7 @@ impl Default for Config {
             controller_voters: None,
             broker_session_timeout_ms: DEFAULT_BROKER_SESSION_TIMEOUT_MS,
             broker_heartbeat_interval_ms: DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS,
+            broker_refused_timeout_ms: None,
             controller_request_timeout_ms: DEFAULT_CONTROLLER_REQUEST_TIMEOUT_MS,
             controlled_shutdown_timeout_ms: DEFAULT_CONTROLLED_SHUTDOWN_TIMEOUT_MS,
             default_replication_factor: 1,
@@ -476,6 +492,11 @@ impl Config {
         {
             return bad("broker_heartbeat_interval_ms must be > 0 and at most half of broker_session_timeout_ms".into());
         }
+        if self.broker_refused_timeout_ms.is_some_and(|t| {
+            t <= self.broker_heartbeat_interval_ms || t > self.broker_session_timeout_ms
+        }) {
+            return bad("broker_refused_timeout_ms must be above broker_heartbeat_interval_ms and at most broker_session_timeout_ms".into());
+        }
         if self.default_replication_factor < 1 || self.min_insync_replicas < 1 {
             return bad(
                 "default_replication_factor and min_insync_replicas must be at least 1".into(),
@@ -578,6 +599,15 @@ impl Config {
         (
             host.trim_matches(['[', ']']).to_string(),
             port.parse().unwrap_or(9092),
+        )
+    }
+
+    /// How long a broker whose controller listener refuses connections may
+    /// go without a heartbeat before it is fenced.
+    pub fn broker_refused_timeout_ms(&self) -> u64 {
+        self.broker_refused_timeout_ms.unwrap_or(
+            (BROKER_REFUSED_TIMEOUT_HEARTBEATS * self.broker_heartbeat_interval_ms)
+                .min(self.broker_session_timeout_ms),
         )
     }
 

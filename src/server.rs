@@ -23,7 +23,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::cluster::service::ClusterService;
 use crate::config::Config;
-use crate::shard::{Job, Shard, MESH_CHANNEL_CAPACITY};
+use crate::shard::{placement, Job, Shard, MESH_CHANNEL_CAPACITY};
 
 /// Memory each executor registers with io_uring for DMA buffers.
 pub const IO_MEMORY_BYTES: usize = 8 * 1024 * 1024;
@@ -67,17 +67,18 @@ async fn all_reach(counter: &AtomicUsize, count: usize) {
 
 /// Binds and listens on the shared port (SO_REUSEPORT) after the shards
 /// before this one, so that socket `slot` of the group is executor `slot`'s,
-/// pinned to CPU `slot`. The first shard then has the kernel pick the
-/// listener of the CPU that took the connection's SYN (a classic BPF
-/// program over the group): with the NIC's receive-side scaling, or a
-/// loopback client's own CPU, connections spread over the shards and each
-/// is served on the core already handling its packets.
+/// pinned to the `slot`-th allowed CPU. The first shard then has the kernel
+/// pick the listener of the CPU that took the connection's SYN (a classic
+/// BPF program over the group, [`placement::steer_by_cpu`]): with the NIC's
+/// receive-side scaling, or a loopback client's own CPU, connections spread
+/// over the shards and each is served on the core already handling its
+/// packets.
 async fn listen_in_turn(
     listen: &str,
     phases: &Phases,
     slot: usize,
     count: usize,
-    cpus: usize,
+    cpus: &[usize],
 ) -> Result<glommio::net::TcpListener> {
     let result = listen_socket(listen, phases, slot, count, cpus).await;
     if result.is_err() {
@@ -94,7 +95,7 @@ async fn listen_socket(
     phases: &Phases,
     slot: usize,
     count: usize,
-    cpus: usize,
+    cpus: &[usize],
 ) -> Result<glommio::net::TcpListener> {
     use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
     let addr: std::net::SocketAddr = listen.parse().context("listen address")?;
@@ -114,62 +115,14 @@ async fn listen_socket(
         glommio::timer::sleep(PHASE_POLL).await;
     }
     socket.listen(LISTEN_BACKLOG)?;
-    if slot == 0 && count > 1 && count <= cpus {
-        if let Err(e) = steer_by_cpu(socket.as_raw_fd(), count) {
+    if slot == 0 && placement::steerable(count, cpus) {
+        if let Err(e) = placement::steer_by_cpu(socket.as_raw_fd(), count, cpus) {
             tracing::warn!(error = %e, "connections spread by hash, not by CPU");
         }
     }
     phases.listening.fetch_add(1, Ordering::SeqCst);
     // SAFETY: the descriptor is a bound, listening TCP socket owned by no one else.
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
-}
-
-/// Attaches `A = cpu % count; return A` as the reuseport group's selector.
-fn steer_by_cpu(fd: std::os::fd::RawFd, count: usize) -> std::io::Result<()> {
-    // Classic BPF opcodes: BPF_LD|BPF_W|BPF_ABS, BPF_ALU|BPF_MOD|BPF_K, BPF_RET|BPF_A.
-    const BPF_LD_W_ABS: u16 = 0x20;
-    const BPF_ALU_MOD_K: u16 = 0x94;
-    const BPF_RET_A: u16 = 0x16;
-    const SKF_AD_CPU: u32 = (-0x1000i32 + 36) as u32;
-    let mut program = [
-        libc::sock_filter {
-            code: BPF_LD_W_ABS,
-            jt: 0,
-            jf: 0,
-            k: SKF_AD_CPU,
-        },
-        libc::sock_filter {
-            code: BPF_ALU_MOD_K,
-            jt: 0,
-            jf: 0,
-            k: count as u32,
-        },
-        libc::sock_filter {
-            code: BPF_RET_A,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-    ];
-    let fprog = libc::sock_fprog {
-        len: program.len() as u16,
-        filter: program.as_mut_ptr(),
-    };
-    // SAFETY: fprog points at `program`, alive for the call; the kernel copies it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            &fprog as *const libc::sock_fprog as *const libc::c_void,
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// Lets io_uring register DMA memory beyond a low `ulimit -l` when allowed.
@@ -212,18 +165,19 @@ pub fn run(config: Config) -> Result<()> {
     let phases = Arc::new(Phases::default());
     install_signal_handler(phases.clone())?;
     let mesh = MeshBuilder::<Job, _>::full(count, MESH_CHANNEL_CAPACITY);
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cpus = Arc::new(placement::allowed_cpus());
+    tracing::debug!(?cpus, shards = count, "allowed CPUs");
     let mut handles = Vec::with_capacity(count);
     for i in 0..count {
-        let (config, cluster, mesh, phases) = (
+        let (config, cluster, mesh, phases, cpus) = (
             config.clone(),
             cluster.clone(),
             mesh.clone(),
             phases.clone(),
+            cpus.clone(),
         );
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
+        let cpu = placement::cpu_of_shard(i, &cpus);
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{i}"))
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || async move {
@@ -269,7 +223,7 @@ async fn shard_main(
     cluster: crate::cluster::service::ClusterConfig,
     mesh: MeshBuilder<Job, glommio::channels::channel_mesh::Full>,
     phases: Arc<Phases>,
-    (slot, count, cpus): (usize, usize, usize),
+    (slot, count, cpus): (usize, usize, Arc<Vec<usize>>),
 ) -> Result<()> {
     let (senders, receivers) = mesh
         .join()
@@ -304,7 +258,7 @@ async fn shard_main(
     while !phases.in_cluster.load(Ordering::SeqCst) {
         glommio::timer::sleep(PHASE_POLL).await;
     }
-    let listener = listen_in_turn(&shard.config.listen, &phases, slot, count, cpus).await?;
+    let listener = listen_in_turn(&shard.config.listen, &phases, slot, count, &cpus).await?;
     if id == 0 {
         tracing::info!(listen = %shard.config.listen, node = shard.node_id, shards = count, data_dir = %shard.config.data_dir.display(), batch_cache_bytes_per_shard = shard.config.batch_cache_bytes_per_shard(count), "ringtail serving");
     }
@@ -451,16 +405,19 @@ mod tests {
     }
 
     #[test]
-    fn connections_go_to_the_listener_of_the_connecting_cpu() {
+    fn connections_go_to_the_listener_of_the_shard_on_the_connecting_cpu() {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         assert!(
             cores.len() >= 2,
             "needs two CPUs to tell the listeners apart"
         );
+        // Shards on the allowed CPUs in reverse order, so that the map is
+        // not the identity (as under `taskset -c 1,0`-like masks).
+        let allowed = [cores[1].id, cores[0].id];
         let first = listener(0);
         let port = first.local_addr().unwrap().as_socket().unwrap().port();
         let second = listener(port);
-        steer_by_cpu(first.as_raw_fd(), 2).unwrap();
+        placement::steer_by_cpu(first.as_raw_fd(), 2, &allowed).unwrap();
         let connect_from = |cpu: usize| {
             let core = cores[cpu];
             std::thread::spawn(move || {
@@ -473,15 +430,8 @@ mod tests {
         let from = [0, 1, 1, 0, 1];
         let _held: Vec<_> = from.into_iter().map(connect_from).collect();
         std::thread::sleep(Duration::from_millis(50));
-        // The program picks listener `cpu % 2`.
-        let mut expected = (0, 0);
-        for cpu in from {
-            if cores[cpu].id.is_multiple_of(2) {
-                expected.0 += 1;
-            } else {
-                expected.1 += 1;
-            }
-        }
+        // Listener 0 is the shard on cores[1], listener 1 the one on cores[0].
+        let expected = (3, 2);
         assert_eq!((accepted(&first), accepted(&second)), expected);
     }
 }

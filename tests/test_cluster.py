@@ -3,6 +3,7 @@ Formation, placement, Kafka's own admin tools, controller failover, leaders
 moving when a broker is killed or stopped, a quorum without its majority,
 a broker rejoining with its data."""
 
+import signal
 import subprocess
 import time
 
@@ -14,6 +15,9 @@ from conftest import ROOT, consume_all, describe, quorum_leader
 
 LIB = str(ROOT / ".cache" / "kafka" / "lib-4.1.1" / "*")
 SESSION_TIMEOUT_S = 9
+# A killed broker's controller port refuses connections at once; it is
+# fenced once it has also missed heartbeats for 2 s (two intervals).
+REFUSED_TIMEOUT_S = 2
 
 
 def kafka_tool(main, *args, timeout=60):
@@ -170,6 +174,75 @@ def test_killed_leader_moves_and_broker_rejoins_with_its_data(cluster_factory):
                "the restarted broker back in every ISR", timeout=30, topic="moving")
     got = consume_all(c.bootstrap, "moving", 3, len(values) + len(more))
     assert sorted(m.value() for m in got) == sorted(values + more)
+
+
+def leaders_off(c, topic, victim, via):
+    return lambda md: victim not in c.leaders(topic, md).values() and all(
+        p.leader >= 0 for p in md.topics[topic].partitions.values())
+
+
+def test_killed_broker_is_fenced_well_within_the_session_timeout(cluster_factory):
+    c = cluster_factory()
+    c.create_topic("quick", partitions=3, replication_factor=3)
+    active = quorum_leader(c.nodes[1].port)
+    victim = next(b for b in c.leaders("quick").values() if b != active)
+    c.nodes[victim].kill()
+    killed_at = time.time()
+    c.wait_for(leaders_off(c, "quick", victim, active), "new leaders for the killed broker",
+               timeout=30, topic="quick", via=active)
+    elapsed = time.time() - killed_at
+    # Refusal + missed heartbeats: about REFUSED_TIMEOUT_S (+ a controller
+    # tick and the metadata's way to the brokers); the session would be 9 s.
+    assert elapsed < REFUSED_TIMEOUT_S + 2.5, f"leaders moved after {elapsed:.1f} s"
+    print(f"leaders moved {elapsed:.2f} s after the kill")
+    produce(c.live_bootstrap(), "quick", [b"after-%d" % i for i in range(50)])
+
+
+def test_killed_active_controller_is_fenced_after_the_election_within_the_refused_timeout(
+        cluster_factory):
+    """The new active controller starts every session afresh, but its own
+    link to the dead node is refused too: fenced about REFUSED_TIMEOUT_S
+    after the election, not a whole session."""
+    c = cluster_factory()
+    c.create_topic("headless", partitions=3, replication_factor=3)
+    active = quorum_leader(c.nodes[1].port)
+    survivor = next(n for n in c.nodes if n != active)
+    assert active in c.leaders("headless").values()
+    c.nodes[active].kill()
+    killed_at = time.time()
+    c.wait_for(leaders_off(c, "headless", active, survivor), "new leaders for the old controller",
+               timeout=30, topic="headless", via=survivor)
+    elapsed = time.time() - killed_at
+    # Election (1-2 s, more under load) + REFUSED_TIMEOUT_S; a session: 9 s more.
+    assert elapsed < 3 + REFUSED_TIMEOUT_S + 2.5, f"leaders moved after {elapsed:.1f} s"
+    print(f"leaders moved {elapsed:.2f} s after the controller's kill")
+
+
+def test_stopped_broker_keeps_its_session_until_it_expires(cluster_factory):
+    """SIGSTOP: alive, not answering, its ports still accept. Like a broker
+    stalled by load or a partition, it is not fenced before its session
+    timeout, then it is."""
+    c = cluster_factory()
+    c.create_topic("stalled", partitions=3, replication_factor=3)
+    active = quorum_leader(c.nodes[1].port)
+    victim = next(b for b in c.leaders("stalled").values() if b != active)
+    led = sorted(p for p, b in c.leaders("stalled").items() if b == victim)
+    c.nodes[victim].proc.send_signal(signal.SIGSTOP)
+    stopped_at = time.time()
+    try:
+        while time.time() - stopped_at < SESSION_TIMEOUT_S - 1.5:
+            md = c.metadata("stalled", via=active)
+            still = sorted(p for p, b in c.leaders("stalled", md).items() if b == victim)
+            assert still == led, f"leadership moved {time.time() - stopped_at:.1f} s after SIGSTOP"
+            time.sleep(0.3)
+        c.wait_for(leaders_off(c, "stalled", victim, active), "the session to expire",
+                   timeout=30, topic="stalled", via=active)
+        elapsed = time.time() - stopped_at
+        assert SESSION_TIMEOUT_S - 1.5 <= elapsed < SESSION_TIMEOUT_S + 2, elapsed
+    finally:
+        c.nodes[victim].proc.send_signal(signal.SIGCONT)
+    c.wait_for(lambda md: all(victim in p.isrs for p in md.topics["stalled"].partitions.values()),
+               "the resumed broker back in every ISR", timeout=30, topic="stalled", via=active)
 
 
 def test_sigterm_moves_leadership_before_exit(cluster_factory):

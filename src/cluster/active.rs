@@ -93,6 +93,19 @@ impl ActiveController {
         .detach();
     }
 
+    /// The link to `node`'s controller listener was refused: evidence for
+    /// the controller's fencing of a broker whose process is gone (kept
+    /// while another node is active too; cleared when this one becomes
+    /// active, and reported again by the next refused reconnect).
+    pub fn link_refused(&self, node: NodeId) {
+        let now = self.now_ms();
+        self.controller.borrow_mut().link_refused(node, now);
+    }
+
+    pub fn link_connected(&self, node: NodeId) {
+        self.controller.borrow_mut().link_connected(node);
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }

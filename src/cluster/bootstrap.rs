@@ -161,6 +161,7 @@ pub fn cluster_config(config: &Config) -> Result<ClusterConfig> {
         advertised_port: port,
         controller: ControllerConfig {
             session_timeout_ms: config.broker_session_timeout_ms,
+            refused_timeout_ms: config.broker_refused_timeout_ms(),
             producer_id_block_size: config::PRODUCER_ID_BLOCK_SIZE,
             default_partitions: config.default_partitions,
             default_replication_factor: config.default_replication_factor,

@@ -479,4 +479,12 @@ impl Inbound for ClusterService {
     fn snapshot_sent(&self, peer: NodeId) {
         self.driver.snapshot_status(peer, true);
     }
+
+    fn refused(&self, peer: NodeId) {
+        self.active.link_refused(peer);
+    }
+
+    fn connected(&self, peer: NodeId) {
+        self.active.link_connected(peer);
+    }
 }

@@ -7,7 +7,10 @@
 //! Runs on the controller shard (shard 0). One outgoing link per peer with a
 //! bounded queue: a full queue drops Raft messages (Raft retransmits) and
 //! refuses requests; a broken link fails its pending requests, tells Raft the
-//! peer is unreachable, and reconnects after a back-off.
+//! peer is unreachable, and reconnects after a back-off. Each refused
+//! connect (ECONNREFUSED: nothing listens on the peer's port, its process is
+//! gone) and each successful one is reported, for the active controller's
+//! fencing of dead brokers; timeouts and other errors are not.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -51,6 +54,10 @@ pub trait Inbound {
     /// The link to `peer` broke; a snapshot sent on it may not have arrived.
     fn unreachable(&self, peer: NodeId, lost_snapshot: bool);
     fn snapshot_sent(&self, peer: NodeId);
+    /// A connection to `peer`'s controller listener was refused.
+    fn refused(&self, peer: NodeId);
+    /// A connection to `peer`'s controller listener was established.
+    fn connected(&self, peer: NodeId);
 }
 
 enum Outgoing {
@@ -162,9 +169,15 @@ async fn run_link(
     loop {
         let connect = TcpStream::connect_timeout(addr, limits.connect_timeout).await;
         let stream = match connect {
-            Ok(s) => s,
+            Ok(s) => {
+                inbound.connected(peer);
+                s
+            }
             Err(e) => {
                 tracing::debug!(peer, %addr, error = %e, "controller link: connect failed");
+                if is_refused(&e) {
+                    inbound.refused(peer);
+                }
                 fail_queued(&rx, &inbound, peer, &pending).await;
                 glommio::timer::sleep(limits.reconnect_backoff).await;
                 continue;
@@ -202,6 +215,18 @@ async fn run_link(
         inbound.unreachable(peer, false);
         glommio::timer::sleep(limits.reconnect_backoff).await;
     }
+}
+
+/// Whether a connect failed because nothing listens on the port (the
+/// peer's host answered with a reset), not for a timeout or a routing error.
+fn is_refused<T>(e: &glommio::GlommioError<T>) -> bool {
+    let io = match e {
+        glommio::GlommioError::IoError(io) => io,
+        glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        _ => return false,
+    };
+    io.kind() == std::io::ErrorKind::ConnectionRefused
+        || io.raw_os_error() == Some(libc::ECONNREFUSED)
 }
 
 /// While a peer cannot be reached: Raft messages are dropped (reported),

@@ -158,6 +158,7 @@ impl Sim {
         let controller = Controller::new(
             ControllerConfig {
                 session_timeout_ms: SESSION_MS,
+                refused_timeout_ms: 2 * SESSION_MS / 9,
                 producer_id_block_size: 100,
                 default_partitions: 1,
                 default_replication_factor: 3,

@@ -15,6 +15,7 @@
 //! pool) are in [`budget`].
 
 mod budget;
+pub mod placement;
 
 pub use budget::{buffer_class_size, Budget, BufferPool, Grant};
 

@@ -35,10 +35,7 @@ impl Controller {
         records.push(MetadataRecord::RegisterBroker(reg));
         self.sessions.insert(
             node,
-            Session {
-                broker_epoch: 0,
-                deadline_ms: now_ms + self.config.session_timeout_ms,
-            },
+            Session::new(0, now_ms, self.config.session_timeout_ms),
         );
         Decision {
             records,
@@ -63,10 +60,7 @@ impl Controller {
         }
         self.sessions.insert(
             node,
-            Session {
-                broker_epoch,
-                deadline_ms: now_ms + self.config.session_timeout_ms,
-            },
+            Session::new(broker_epoch, now_ms, self.config.session_timeout_ms),
         );
         let mut records = Vec::new();
         if want_shutdown && !b.shutting_down {

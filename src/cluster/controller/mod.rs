@@ -5,6 +5,15 @@
 //! its own; they are not logged, as in Kafka, and start afresh on every
 //! controller failover (each broker gets a full session timeout).
 //!
+//! A broker is fenced when its session expires, or sooner when its process
+//! is known to be gone: the I/O shell reports that a connection to the
+//! broker's controller listener was refused (on loopback or a LAN whose
+//! host is up, a killed process's port answers with a reset at once; a
+//! stopped, overloaded or partitioned one accepts or times out instead), and
+//! the broker has also sent no heartbeat for `refused_timeout_ms` since
+//! before that refusal. Both signals are needed: a refusal alone may be a
+//! firewall's, a late heartbeat alone is load.
+//!
 //! Runs on the controller shard of the Raft leader; the driver serializes
 //! requests, so each decision sees every earlier decision applied.
 
@@ -26,6 +35,9 @@ pub use topics::NewTopic;
 pub struct ControllerConfig {
     /// A broker without heartbeat for this long is fenced (Kafka's broker.session.timeout.ms).
     pub session_timeout_ms: u64,
+    /// A broker whose controller listener refused a connection after its
+    /// last heartbeat is fenced once that heartbeat is this old.
+    pub refused_timeout_ms: u64,
     /// Producer ids handed to a broker at a time.
     pub producer_id_block_size: i64,
     /// Partitions of a topic created with -1 (Kafka's num.partitions).
@@ -239,12 +251,28 @@ impl Reply {
 #[derive(Debug, Clone, Copy)]
 struct Session {
     broker_epoch: u64,
+    /// When its last heartbeat (or registration, or this controller's first
+    /// look at it) arrived.
+    heard_ms: u64,
     deadline_ms: u64,
+}
+
+impl Session {
+    fn new(broker_epoch: u64, now_ms: u64, timeout_ms: u64) -> Session {
+        Session {
+            broker_epoch,
+            heard_ms: now_ms,
+            deadline_ms: now_ms + timeout_ms,
+        }
+    }
 }
 
 pub struct Controller {
     config: ControllerConfig,
     sessions: HashMap<NodeId, Session>,
+    /// Per broker: when a connection to its controller listener was last
+    /// refused, if none has succeeded since.
+    refused: HashMap<NodeId, u64>,
     new_topic_id: Box<dyn FnMut() -> Uuid>,
 }
 
@@ -253,6 +281,7 @@ impl Controller {
         Controller {
             config,
             sessions: HashMap::new(),
+            refused: HashMap::new(),
             new_topic_id,
         }
     }
@@ -261,6 +290,18 @@ impl Controller {
     /// full session timeout from now.
     pub fn reset_sessions(&mut self) {
         self.sessions.clear();
+        self.refused.clear();
+    }
+
+    /// The shell's connection to broker `node`'s controller listener was
+    /// refused (ECONNREFUSED): nothing listens there now.
+    pub fn link_refused(&mut self, node: NodeId, now_ms: u64) {
+        self.refused.insert(node, now_ms);
+    }
+
+    /// The shell connected to broker `node`'s controller listener.
+    pub fn link_connected(&mut self, node: NodeId) {
+        self.refused.remove(&node);
     }
 
     pub fn decide(
@@ -322,8 +363,9 @@ impl Controller {
         }
     }
 
-    /// Periodic work: fence brokers whose session expired, bring offline
-    /// partitions back when an in-sync replica is active again.
+    /// Periodic work: fence brokers whose session expired or whose process
+    /// is gone, bring offline partitions back when an in-sync replica is
+    /// active again.
     pub fn tick(&mut self, image: &MetadataImage, now_ms: u64) -> Vec<MetadataRecord> {
         let mut records = Vec::new();
         let mut gone = Vec::new();
@@ -334,26 +376,33 @@ impl Controller {
                 continue;
             }
             let timeout = self.config.session_timeout_ms;
-            let session = self.sessions.entry(node).or_insert(Session {
-                broker_epoch: b.broker_epoch,
-                deadline_ms: now_ms + timeout,
-            });
+            let session =
+                self.sessions
+                    .entry(node)
+                    .or_insert(Session::new(b.broker_epoch, now_ms, timeout));
             if session.broker_epoch != b.broker_epoch {
-                *session = Session {
-                    broker_epoch: b.broker_epoch,
-                    deadline_ms: now_ms + timeout,
-                };
+                *session = Session::new(b.broker_epoch, now_ms, timeout);
             }
+            let session = *session;
             if session.deadline_ms <= now_ms {
                 tracing::warn!(
                     broker = node,
                     "broker session expired; fencing it and moving its leaderships"
                 );
                 gone.push((node, b.broker_epoch));
+            } else if let Some(refused_ms) = self.process_gone(node, &session, now_ms) {
+                tracing::warn!(
+                    broker = node,
+                    silent_ms = now_ms - session.heard_ms,
+                    refused_ms_ago = now_ms - refused_ms,
+                    "broker's controller listener refuses connections and it stopped heartbeating; fencing it and moving its leaderships"
+                );
+                gone.push((node, b.broker_epoch));
             }
         }
         for (node, epoch) in &gone {
             self.sessions.remove(node);
+            self.refused.remove(node);
             records.push(MetadataRecord::FenceBroker {
                 node_id: *node,
                 broker_epoch: *epoch,
@@ -365,6 +414,14 @@ impl Controller {
             records.extend(partitions::revive_offline(image, &[]));
         }
         records
+    }
+
+    /// When a broker's listener refused a connection after its last
+    /// heartbeat, which is now `refused_timeout_ms` old: its process is gone.
+    fn process_gone(&self, node: NodeId, session: &Session, now_ms: u64) -> Option<u64> {
+        let refused_ms = *self.refused.get(&node)?;
+        let silent = now_ms.saturating_sub(session.heard_ms) >= self.config.refused_timeout_ms;
+        (refused_ms >= session.heard_ms && silent).then_some(refused_ms)
     }
 
     fn allocate_producer_ids(

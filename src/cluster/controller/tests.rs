@@ -5,6 +5,8 @@ use super::*;
 use crate::cluster::records::NO_LEADER;
 
 const SESSION_MS: u64 = 9_000;
+const REFUSED_MS: u64 = 2_000;
+const HEARTBEAT_MS: u64 = 1_000;
 
 struct Harness {
     controller: Controller,
@@ -17,6 +19,7 @@ impl Harness {
         let mut next = 0u128;
         let config = ControllerConfig {
             session_timeout_ms: SESSION_MS,
+            refused_timeout_ms: REFUSED_MS,
             producer_id_block_size: 1000,
             default_partitions: 1,
             default_replication_factor: 1,
@@ -229,6 +232,111 @@ fn an_expired_session_fences_the_broker_and_moves_its_leaderships() {
         assert_ne!(p.leader, NO_LEADER);
         assert!(!p.isr.contains(&1), "{p:?}");
     }
+}
+
+/// Three brokers with a topic of three partitions, one led by each; 2 and 3
+/// heartbeat every second from `from` to `to` with a tick after each.
+fn live_brokers(h: &mut Harness, epochs: &[u64], from: u64, to: u64) {
+    for now in (from..=to).step_by(HEARTBEAT_MS as usize) {
+        h.heartbeat(2, epochs[1], now, false).unwrap();
+        h.heartbeat(3, epochs[2], now, false).unwrap();
+        h.tick(now);
+    }
+}
+
+fn three_brokers_one_topic(h: &mut Harness) -> Vec<u64> {
+    let epochs: Vec<u64> = (1..=3).map(|n| h.start_broker(n, 0)).collect();
+    h.create("t", 3, 3).unwrap();
+    assert_eq!(h.image.partitions_led_by(1).len(), 1);
+    epochs
+}
+
+#[test]
+fn a_refused_broker_that_stopped_heartbeating_is_fenced_before_its_session_ends() {
+    let mut h = Harness::new();
+    let epochs = three_brokers_one_topic(&mut h);
+    // Broker 1 heartbeats last at 1000 and dies; its port refuses from 1200.
+    h.heartbeat(1, epochs[0], 1000, false).unwrap();
+    h.controller.link_refused(1, 1200);
+    live_brokers(&mut h, &epochs, 1000, 2000);
+    assert!(
+        !h.image.broker(1).unwrap().fenced,
+        "one heartbeat late is not enough"
+    );
+    h.tick(1000 + REFUSED_MS - 1);
+    assert!(!h.image.broker(1).unwrap().fenced);
+    h.tick(1000 + REFUSED_MS);
+    assert!(h.image.broker(1).unwrap().fenced);
+    assert!(h.image.partitions_led_by(1).is_empty());
+    for p in &h.image.topic("t").unwrap().partitions {
+        assert_ne!(p.leader, NO_LEADER);
+        assert!(!p.isr.contains(&1), "{p:?}");
+    }
+}
+
+#[test]
+fn a_refusal_alone_does_not_fence_a_broker_that_heartbeats() {
+    let mut h = Harness::new();
+    let epochs = three_brokers_one_topic(&mut h);
+    // Refusals (a firewall, say) while broker 1 keeps heartbeating, even late.
+    for now in (1000..=3 * SESSION_MS).step_by(1500) {
+        h.controller.link_refused(1, now + 100);
+        h.heartbeat(1, epochs[0], now, false).unwrap();
+        live_brokers(&mut h, &epochs, now, now + 1000);
+    }
+    assert!(!h.image.broker(1).unwrap().fenced);
+    assert_eq!(h.image.partitions_led_by(1).len(), 1);
+}
+
+#[test]
+fn a_silent_broker_that_still_accepts_keeps_its_full_session() {
+    // SIGSTOP, overload or a partition: no refusal, or a refusal answered by
+    // a connection afterwards, or one from before its last heartbeat.
+    let mut h = Harness::new();
+    let epochs = three_brokers_one_topic(&mut h);
+    h.controller.link_refused(1, 500);
+    h.heartbeat(1, epochs[0], 1000, false).unwrap();
+    live_brokers(&mut h, &epochs, 1000, SESSION_MS);
+    assert!(
+        !h.image.broker(1).unwrap().fenced,
+        "refused before its last heartbeat"
+    );
+    h.controller.link_refused(1, SESSION_MS + 100);
+    h.controller.link_connected(1);
+    h.tick(1000 + SESSION_MS - 1);
+    assert!(
+        !h.image.broker(1).unwrap().fenced,
+        "reconnected since the refusal"
+    );
+    live_brokers(&mut h, &epochs, 1000 + SESSION_MS, 1000 + SESSION_MS);
+    assert!(
+        h.image.broker(1).unwrap().fenced,
+        "the session still expires"
+    );
+}
+
+#[test]
+fn a_new_active_controller_forgets_refusals_and_gives_a_full_grace() {
+    let mut h = Harness::new();
+    let epochs = three_brokers_one_topic(&mut h);
+    h.controller.link_refused(1, 500);
+    h.controller.reset_sessions();
+    live_brokers(&mut h, &epochs, 10_000, 10_000 + SESSION_MS - 1000);
+    assert!(
+        !h.image.broker(1).unwrap().fenced,
+        "refusals seen before becoming active"
+    );
+    // Refused again after this controller took over: fenced once the
+    // session it gave broker 1 at 10000 is REFUSED_MS old.
+    let mut h = Harness::new();
+    let epochs = three_brokers_one_topic(&mut h);
+    h.controller.reset_sessions();
+    h.tick(10_000);
+    h.controller.link_refused(1, 10_200);
+    live_brokers(&mut h, &epochs, 11_000, 10_000 + REFUSED_MS - 1);
+    assert!(!h.image.broker(1).unwrap().fenced);
+    h.tick(10_000 + REFUSED_MS);
+    assert!(h.image.broker(1).unwrap().fenced);
 }
 
 #[test]

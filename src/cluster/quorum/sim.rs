@@ -2,7 +2,8 @@
 //! raft-rs nodes, the real controller and image, an in-memory durable log,
 //! and a network that loses, delays and reorders messages, partitions nodes,
 //! and crashes them (also between sending a Ready's messages and making it
-//! durable). After every step it checks that committed metadata never
+//! durable); the active controller hears of refused links to crashed members
+//! (and now and then to running ones), as its I/O shell reports them. After every step it checks that committed metadata never
 //! diverges: one entry per index, the same image at the same index, one
 //! leader per term. At the end the network heals and every member must
 //! converge. A failing seed replays exactly (`RINGTAIL_SIM_SEED=N`).
@@ -96,6 +97,7 @@ fn controller(seed: u64, node: NodeId) -> Controller {
     Controller::new(
         ControllerConfig {
             session_timeout_ms: 3_000,
+            refused_timeout_ms: 700,
             producer_id_block_size: 10,
             default_partitions: 2,
             default_replication_factor: 2,
@@ -297,6 +299,9 @@ impl Sim {
         };
         let request = self.random_request(leader);
         let now = self.now_ms;
+        let down: Vec<NodeId> = (0..NODES)
+            .filter(|n| self.members[*n as usize].node.is_none())
+            .collect();
         self.request_id += 1;
         let request_id = self.request_id;
         let m = &mut self.members[leader as usize];
@@ -306,6 +311,17 @@ impl Sim {
             m.was_active = true;
         }
         let image = node.image().clone();
+        // The leader's links: a crashed member's port refuses connections
+        // (reported on most reconnects); a running one's is refused now and
+        // then too (a firewall), and accepts otherwise.
+        for n in 0..NODES {
+            let crashed = down.contains(&n);
+            if (crashed && self.rng.chance(70)) || self.rng.chance(2) {
+                m.controller.link_refused(n, now);
+            } else if !crashed && self.rng.chance(20) {
+                m.controller.link_connected(n);
+            }
+        }
         let mut records = m.controller.tick(&image, now);
         if records.is_empty() {
             records = m.controller.decide(&image, request, now).records;

@@ -108,6 +108,9 @@ pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
 /// recovery scan from the recovery points last written; producer state is
 /// snapshotted at each segment roll instead.
 pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 60_000;
+/// How often each shard applies retention (time, size, segment.ms) to its
+/// partitions (Kafka's log.retention.check.interval.ms, also 5 minutes).
+pub const DEFAULT_RETENTION_CHECK_INTERVAL_MS: u64 = 300_000;
 /// Producer ids remembered per partition for idempotent de-duplication.
 pub const DEFAULT_MAX_PRODUCERS_PER_PARTITION: usize = 10_000;
 /// Largest partition count accepted in one CreateTopics/CreatePartitions.
@@ -312,6 +315,7 @@ pub struct Config {
     pub flush_policy: FlushPolicy,
     pub flush_interval_ms: u64,
     pub checkpoint_interval_ms: u64,
+    pub retention_check_interval_ms: u64,
     pub preallocate: bool,
     /// Free space kept on the data directory's file system (see
     /// DEFAULT_MIN_FREE_BYTES); 0 and `min_free_percent = 0` disable the guard.
@@ -374,6 +378,7 @@ impl Default for Config {
             flush_policy: FlushPolicy::GroupCommit,
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
             checkpoint_interval_ms: DEFAULT_CHECKPOINT_INTERVAL_MS,
+            retention_check_interval_ms: DEFAULT_RETENTION_CHECK_INTERVAL_MS,
             preallocate: true,
             min_free_bytes: DEFAULT_MIN_FREE_BYTES,
             min_free_percent: DEFAULT_MIN_FREE_PERCENT,
@@ -459,6 +464,9 @@ impl Config {
         }
         if !(10..=60_000).contains(&self.disk_check_interval_ms) {
             return bad("disk_check_interval_ms must be in 10..=60000".into());
+        }
+        if !(100..=3_600_000).contains(&self.retention_check_interval_ms) {
+            return bad("retention_check_interval_ms must be in 100..=3600000".into());
         }
         if !(100..=3_600_000).contains(&self.checkpoint_interval_ms) {
             return bad("checkpoint_interval_ms must be in 100..=3600000".into());

@@ -237,6 +237,7 @@ async fn shard_main(
     shard.start_flusher();
     shard.start_disk_watcher();
     shard.start_replica_ticker();
+    shard.start_retention();
     all_reach(&phases.recovered, count).await;
     if id == 0 {
         shard.start_checkpointer();

@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod index;
 pub mod lock;
+pub mod retention;
 pub mod segment;
 pub mod space;
 
@@ -187,6 +188,7 @@ impl Log {
         mut on_batch: impl FnMut(&BatchHeader),
     ) -> Result<Log, LogError> {
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create dir", &dir, e))?;
+        remove_deleted_files(&dir)?;
         let bases = segment_bases(&dir)?;
         let mut segments: Vec<Segment> = Vec::new();
         let last = bases.len().saturating_sub(1);
@@ -315,6 +317,49 @@ impl Log {
         self.active_mut().cut(cut.position, offset, cut.tail);
     }
 
+    /// What retention sees of every segment, oldest first.
+    pub fn retention_view(&self) -> Vec<retention::SegmentInfo> {
+        self.segments
+            .iter()
+            .map(|s| retention::SegmentInfo {
+                base_offset: s.base_offset,
+                next_offset: s.next_offset,
+                size: s.size,
+                max_timestamp: s.max_timestamp,
+            })
+            .collect()
+    }
+
+    /// Takes the oldest segment out of the log (retention) and moves the
+    /// log start to the next one's base. Its files are renamed
+    /// `<name>.deleted`, to be removed after file.delete.delay.ms (a
+    /// reader holding the file keeps reading it meanwhile); returns the
+    /// renamed paths. The active segment is never taken.
+    pub fn remove_oldest(&mut self) -> Result<Vec<PathBuf>, LogError> {
+        if self.segments.len() < 2 {
+            return Ok(Vec::new());
+        }
+        let seg = self.segments.remove(0);
+        self.log_start_offset = self.log_start_offset.max(self.segments[0].base_offset);
+        let stem = seg.path.with_extension("");
+        let mut renamed = Vec::new();
+        let snapshot = self
+            .dir
+            .join(crate::producer_state::snapshot_file_name(seg.base_offset));
+        let files = ["log", "index", "timeindex"].map(|ext| stem.with_extension(ext));
+        for file in files.iter().chain([&snapshot]) {
+            let mut to = file.as_os_str().to_owned();
+            to.push(".deleted");
+            let to = PathBuf::from(to);
+            match std::fs::rename(file, &to) {
+                Ok(()) => renamed.push(to),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io("rename", file, e)),
+            }
+        }
+        Ok(renamed)
+    }
+
     /// Plans a read of the batch holding `offset`.
     pub fn locate(&self, offset: i64) -> Option<ReadPlan> {
         let i = self.segments.partition_point(|s| s.base_offset <= offset);
@@ -421,6 +466,19 @@ fn remove_segment_files(path: &Path) -> Result<(), LogError> {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(LogError::io("remove", &file, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Removes the files retention renamed `*.deleted` and a stop kept from
+/// being removed (Kafka does the same at start-up).
+fn remove_deleted_files(dir: &Path) -> Result<(), LogError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LogError::io("list", dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| LogError::io("list", dir, e))?.path();
+        if path.extension().is_some_and(|e| e == "deleted") {
+            std::fs::remove_file(&path).map_err(|e| LogError::io("remove", &path, e))?;
         }
     }
     Ok(())

@@ -122,6 +122,9 @@ pub struct Segment {
     tail: Vec<u8>,
     /// File bytes backed by blocks: preallocated or written (page aligned).
     allocated: u64,
+    /// Wall-clock ms when this process created or opened the segment: the
+    /// age segment.ms rolls the active segment at.
+    pub created_ms: i64,
 }
 
 async fn open_dma(path: &Path, create: bool) -> Result<DmaFile, LogError> {
@@ -169,6 +172,9 @@ impl Segment {
             buf_pos: 0,
             tail: Vec::new(),
             allocated: 0,
+            created_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
         }
     }
 

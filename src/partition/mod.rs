@@ -13,6 +13,7 @@
 
 mod cache;
 mod replicated;
+mod retention;
 mod write;
 
 pub mod epochs;

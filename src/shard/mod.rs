@@ -456,6 +456,27 @@ impl Shard {
         .detach();
     }
 
+    /// Every `retention_check_interval_ms`: retention for each of this
+    /// shard's partitions, one after another.
+    pub fn start_retention(self: &Rc<Self>) {
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            let interval = Duration::from_millis(shard.config.retention_check_interval_ms);
+            loop {
+                glommio::timer::sleep(interval).await;
+                if shard.shutting_down.get() {
+                    return;
+                }
+                for p in shard.local_partitions() {
+                    if let Err(e) = p.enforce_retention(wall_clock_ms()).await {
+                        tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention");
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+
     /// A producer id from this node's block (allocated by the controller).
     pub async fn allocate_producer_id(self: &Rc<Self>) -> Result<i64, ControllerError> {
         self.invoke_on(0, |s: Rc<Shard>| async move {

@@ -7,9 +7,12 @@
 //! `.deleted` and removed after file.delete.delay.ms, so a fetch already
 //! reading one finishes.
 //!
-//! Runs on the partition's shard from the shard's retention task, one
-//! segment per step with a yield between, never holding the append lock
-//! except to roll.
+//! DeleteRecords moves the log start the same way, on the leader by request
+//! and on followers as the leader's log start reaches them in fetches.
+//!
+//! Runs on the partition's shard from the shard's retention task (or the
+//! request), one segment per step with a yield between, never holding the
+//! append lock except to roll.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -46,32 +49,80 @@ impl Partition {
             if retention::deletable(&self.log.borrow().retention_view(), limits) == 0 {
                 break;
             }
-            let _io = self
-                .io_lock
-                .acquire_permit(1)
-                .await
-                .map_err(|_| PartitionError::Deleted)?;
-            let renamed = self.log.borrow_mut().remove_oldest()?;
-            let start = self.log_start_offset();
-            self.epochs.borrow_mut().truncate_from_start(start);
-            self.save_epochs();
-            self.replica.borrow_mut().on_log_start(start);
-            tracing::info!(topic = %self.topic, partition = self.index, log_start_offset = start, "retention deleted a segment");
-            let delay = Duration::from_millis(config.file_delete_delay_ms);
-            glommio::spawn_local(async move {
-                glommio::timer::sleep(delay).await;
-                for path in renamed {
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        tracing::warn!(path = %path.display(), error = %e, "removing a deleted segment file");
-                    }
-                }
-            })
-            .detach();
+            self.remove_oldest_segment(config.file_delete_delay_ms)
+                .await?;
             removed += 1;
-            drop(_io);
             glommio::yield_if_needed().await;
         }
         Ok(removed)
+    }
+
+    /// DeleteRecords as leader: the log start moves to `offset` (-1: the
+    /// high watermark), which may not pass the high watermark, and the
+    /// segments wholly below it go. Returns the new log start (the low
+    /// watermark).
+    pub async fn delete_records(self: &Rc<Self>, offset: i64) -> Result<i64, PartitionError> {
+        if !self.is_leader() {
+            return Err(PartitionError::NotLeaderOrFollower);
+        }
+        let hw = self.high_watermark();
+        let offset = if offset == -1 { hw } else { offset };
+        if offset < 0 || offset > hw {
+            return Err(PartitionError::OffsetOutOfRange(offset));
+        }
+        self.advance_log_start(offset).await?;
+        Ok(self.log_start_offset())
+    }
+
+    /// Moves the log start to `offset` (never back, never past the log
+    /// end) and removes the segments wholly below it: DeleteRecords on the
+    /// leader, the leader's log start on a follower.
+    pub async fn advance_log_start(self: &Rc<Self>, offset: i64) -> Result<(), PartitionError> {
+        let offset = offset.min(self.log_end_offset());
+        if offset <= self.log_start_offset() {
+            return Ok(());
+        }
+        self.log.borrow_mut().log_start_offset = offset;
+        self.epochs.borrow_mut().truncate_from_start(offset);
+        self.save_epochs();
+        self.replica.borrow_mut().on_log_start(offset);
+        let delay = self.topic_config().file_delete_delay_ms;
+        loop {
+            let below = {
+                let log = self.log.borrow();
+                log.segments.len() > 1 && log.segments[1].base_offset <= offset
+            };
+            if !below {
+                return Ok(());
+            }
+            self.remove_oldest_segment(delay).await?;
+        }
+    }
+
+    /// Takes the oldest segment out of the log (moving the log start to the
+    /// next one's base) and removes its files after `delay_ms`.
+    async fn remove_oldest_segment(&self, delay_ms: u64) -> Result<(), PartitionError> {
+        let _io = self
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| PartitionError::Deleted)?;
+        let renamed = self.log.borrow_mut().remove_oldest()?;
+        let start = self.log_start_offset();
+        self.epochs.borrow_mut().truncate_from_start(start);
+        self.save_epochs();
+        self.replica.borrow_mut().on_log_start(start);
+        tracing::info!(topic = %self.topic, partition = self.index, log_start_offset = start, "deleted the oldest segment");
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_millis(delay_ms)).await;
+            for path in renamed {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "removing a deleted segment file");
+                }
+            }
+        })
+        .detach();
+        Ok(())
     }
 
     fn active_too_old(&self, segment_ms: i64, now_ms: i64) -> bool {

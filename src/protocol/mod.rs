@@ -7,6 +7,7 @@ mod alter_configs;
 mod api_versions;
 mod cluster_admin;
 mod configs;
+mod delete_records;
 mod fetch;
 pub mod groups;
 mod leader_epoch;
@@ -46,6 +47,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::FindCoordinator, 0, 4),
@@ -308,6 +310,9 @@ async fn dispatch(
         }
         RequestKind::AlterConfigs(r) => {
             ResponseKind::AlterConfigs(alter_configs::legacy(shard, r, v).await)
+        }
+        RequestKind::DeleteRecords(r) => {
+            ResponseKind::DeleteRecords(delete_records::handle(shard, r, v).await)
         }
         RequestKind::DescribeLogDirs(r) => {
             ResponseKind::DescribeLogDirs(log_dirs::describe(shard, r, v).await)

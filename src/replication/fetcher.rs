@@ -242,6 +242,9 @@ impl Fetcher {
             );
         }
         part.leader_high_watermark(p.high_watermark);
+        // Retention and DeleteRecords on the leader move its log start;
+        // the follower's follows (as far as its own log reaches).
+        part.advance_log_start(p.log_start_offset).await?;
         Ok(end)
     }
 }

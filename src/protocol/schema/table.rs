@@ -19,6 +19,7 @@ pub(super) const REQUESTS: &[Message] = &[
     Message { api_key: 33, versions: V(0, 2), flexible: V(2, 2), fields: ALTER_CONFIGS_REQUEST }, // AlterConfigs
     Message { api_key: 44, versions: V(0, 1), flexible: V(1, 1), fields: INCREMENTAL_ALTER_CONFIGS_REQUEST }, // IncrementalAlterConfigs
     Message { api_key: 35, versions: V(1, 4), flexible: V(2, 4), fields: DESCRIBE_LOG_DIRS_REQUEST }, // DescribeLogDirs
+    Message { api_key: 21, versions: V(0, 2), flexible: V(2, 2), fields: DELETE_RECORDS_REQUEST }, // DeleteRecords
     Message { api_key: 22, versions: V(0, 5), flexible: V(2, 5), fields: INIT_PRODUCER_ID_REQUEST }, // InitProducerId
     Message { api_key: 23, versions: V(2, 4), flexible: V(4, 4), fields: OFFSET_FOR_LEADER_EPOCH_REQUEST }, // OffsetForLeaderEpoch
     Message { api_key: 10, versions: V(0, 4), flexible: V(3, 4), fields: FIND_COORDINATOR_REQUEST }, // FindCoordinator
@@ -232,6 +233,21 @@ const DESCRIBE_LOG_DIRS_DESCRIBABLE_LOG_DIR_TOPIC: &[F] = &[
 
 const DESCRIBE_LOG_DIRS_REQUEST: &[F] = &[
     F::new(Ty::Array(&Ty::Struct(DESCRIBE_LOG_DIRS_DESCRIBABLE_LOG_DIR_TOPIC)), 1, 4).nullable(1, 4), // Topics
+];
+
+const DELETE_RECORDS_PARTITION: &[F] = &[
+    F::new(Ty::Int32, 0, 2), // PartitionIndex
+    F::new(Ty::Int64, 0, 2), // Offset
+];
+
+const DELETE_RECORDS_TOPIC: &[F] = &[
+    F::new(Ty::String, 0, 2), // Name
+    F::new(Ty::Array(&Ty::Struct(DELETE_RECORDS_PARTITION)), 0, 2), // Partitions
+];
+
+const DELETE_RECORDS_REQUEST: &[F] = &[
+    F::new(Ty::Array(&Ty::Struct(DELETE_RECORDS_TOPIC)), 0, 2), // Topics
+    F::new(Ty::Int32, 0, 2), // TimeoutMs
 ];
 
 const INIT_PRODUCER_ID_REQUEST: &[F] = &[

@@ -389,6 +389,23 @@ def api_versions(port, version=0):
         return read_frame(s)
 
 
+def first_consume_error(bootstrap, topic, partition, offset, timeout=15):
+    """Reads from `offset` with auto.offset.reset=error and returns the first
+    error the consumer reports (None if none within `timeout`)."""
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "first-error",
+                  "auto.offset.reset": "error"})
+    c.assign([TopicPartition(topic, partition, offset)])
+    err = None
+    deadline = time.time() + timeout
+    while err is None and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is not None and m.error():
+            err = m.error()
+    c.close()
+    return err
+
+
 def consume_all(bootstrap, topic, partitions, expected, timeout=30, extra=None):
     """Reads from offset 0 of every partition until `expected` records or timeout."""
     from confluent_kafka import Consumer, TopicPartition

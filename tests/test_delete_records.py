@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from conftest import create_topic
+from conftest import create_topic, first_consume_error
 from test_kafka_tools import tool
 
 
@@ -58,15 +58,7 @@ def test_delete_records_with_kafka_tool_and_admin_client(broker_factory, tmp_pat
     assert watermarks(b.bootstrap, "purge") == (3000, 3000)
 
     produce(b.bootstrap, "purge", 10)
-    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "after", "auto.offset.reset": "error"})
-    c.assign([TopicPartition("purge", 0, 0)])
-    err = None
-    deadline = time.time() + 15
-    while err is None and time.time() < deadline:
-        m = c.poll(0.5)
-        if m is not None and m.error():
-            err = m.error()
-    c.close()
+    err = first_consume_error(b.bootstrap, "purge", 0, 0)
     assert err is not None and "out of range" in err.str().lower(), err
 
 

@@ -8,7 +8,7 @@ import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from conftest import create_topic
+from conftest import create_topic, first_consume_error
 from test_kafka_tools import tool
 
 CONFIG_COMMAND = "kafka.admin.ConfigCommand"
@@ -65,16 +65,7 @@ def test_time_retention_set_live_deletes_old_segments(broker_factory):
     wait_for(lambda: log_bytes(b.data_dir, "aged") < before / 2, "disk to be reclaimed")
     assert not list((b.data_dir / "aged-0").glob("*.deleted"))
     # Below the log start: OFFSET_OUT_OF_RANGE (the consumer reports it).
-    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "oor",
-                  "auto.offset.reset": "error"})
-    c.assign([TopicPartition("aged", 0, 0)])
-    err = None
-    deadline = time.time() + 15
-    while err is None and time.time() < deadline:
-        m = c.poll(0.5)
-        if m is not None and m.error():
-            err = m.error()
-    c.close()
+    err = first_consume_error(b.bootstrap, "aged", 0, 0)
     assert err is not None and "out of range" in err.str().lower(), err
     # The start survives a restart.
     b.restart()

@@ -97,6 +97,14 @@ async fn alter(
     }
 }
 
+/// A resource's error code and message as both responses carry them.
+fn error_fields(outcome: Outcome) -> (i16, Option<StrBytes>) {
+    match outcome {
+        Ok(()) => (0, None),
+        Err((e, why)) => (e.code(), Some(str_bytes(&why))),
+    }
+}
+
 fn incremental_ops(
     configs: &[kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig],
 ) -> Result<Vec<ConfigOp>, String> {
@@ -138,10 +146,7 @@ pub async fn incremental(
             req.validate_only,
         )
         .await;
-        let (code, message) = match outcome {
-            Ok(()) => (0, None),
-            Err((e, why)) => (e.code(), Some(str_bytes(&why))),
-        };
+        let (code, message) = error_fields(outcome);
         responses.push(
             AlterConfigsResourceResponse::default()
                 .with_error_code(code)
@@ -181,10 +186,7 @@ pub async fn legacy(
             req.validate_only,
         )
         .await;
-        let (code, message) = match outcome {
-            Ok(()) => (0, None),
-            Err((e, why)) => (e.code(), Some(str_bytes(&why))),
-        };
+        let (code, message) = error_fields(outcome);
         responses.push(
             LegacyResult::default()
                 .with_error_code(code)

@@ -111,6 +111,11 @@ pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 60_000;
 /// How often each shard applies retention (time, size, segment.ms) to its
 /// partitions (Kafka's log.retention.check.interval.ms, also 5 minutes).
 pub const DEFAULT_RETENTION_CHECK_INTERVAL_MS: u64 = 300_000;
+/// How often a DeleteRecords waiting for the followers' log starts looks
+/// again (they arrive with their fetches, at most every
+/// replica_fetch_wait_max_ms); short next to that, cheap (one comparison
+/// per replica).
+pub const DELETE_RECORDS_POLL_MS: u64 = 10;
 /// Producer ids remembered per partition for idempotent de-duplication.
 pub const DEFAULT_MAX_PRODUCERS_PER_PARTITION: usize = 10_000;
 /// Largest partition count accepted in one CreateTopics/CreatePartitions.

@@ -83,12 +83,6 @@ def test_invalid_and_unknown_configs_are_refused(broker):
     with pytest.raises(KafkaException) as e:
         fut.result(10)
     assert e.value.args[0].name() == "INVALID_CONFIG"
-    # The broker has no dynamic keys: refused with the reason.
-    res = ConfigResource(ConfigResource.Type.BROKER, "0", incremental_configs=[
-        ConfigEntry("log.retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
-    with pytest.raises(KafkaException) as e:
-        admin.incremental_alter_configs([res])[res].result(10)
-    assert "configuration file" in str(e.value)
 
 
 def test_log_append_time_and_timestamp_bounds(broker):

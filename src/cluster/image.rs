@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::broker_config::BrokerConfigs;
 use super::records::{
     BrokerRegistration, MetadataRecord, NodeId, PartitionChange, PartitionRecord, TopicRecord,
     NO_LEADER,
@@ -70,6 +71,10 @@ pub struct MetadataImage {
     pub topic_names: BTreeMap<Uuid, String>,
     /// First producer id not yet handed out in any block.
     pub next_producer_id: i64,
+    /// Dynamic broker configs by resource name: "" for the cluster
+    /// default, a broker id for one broker (string keys: images are JSON).
+    #[serde(default)]
+    pub broker_configs: BTreeMap<String, BrokerConfigs>,
 }
 
 /// What an applied entry changed, for the brokers' shards to act on.
@@ -82,6 +87,8 @@ pub struct ImageChanges {
     /// Topic configs changed.
     pub configs: Vec<String>,
     pub brokers: bool,
+    /// Dynamic broker configs changed: every topic may resolve anew.
+    pub broker_configs: bool,
 }
 
 impl ImageChanges {
@@ -94,6 +101,7 @@ impl ImageChanges {
         self.removed_topics.extend(other.removed_topics);
         self.configs.extend(other.configs);
         self.brokers |= other.brokers;
+        self.broker_configs |= other.broker_configs;
     }
 }
 
@@ -115,6 +123,11 @@ impl MetadataImage {
 
     pub fn broker(&self, id: NodeId) -> Option<&BrokerImage> {
         self.brokers.get(&id)
+    }
+
+    /// The dynamic broker configs in force on `node`, by broker key.
+    pub fn dynamic_broker_configs(&self, node: NodeId) -> BrokerConfigs {
+        crate::cluster::broker_config::effective(&self.broker_configs, node)
     }
 
     /// Brokers that may lead and replicate: registered, unfenced, not shutting down.
@@ -189,6 +202,18 @@ impl MetadataImage {
                     };
                     changes.configs.push(t.name.clone());
                 }
+            }
+            MetadataRecord::BrokerConfig { broker, key, value } => {
+                let name = broker.map_or(String::new(), |id| id.to_string());
+                let scope = self.broker_configs.entry(name.clone()).or_default();
+                match value {
+                    Some(v) => scope.insert(key.clone(), v.clone()),
+                    None => scope.remove(key),
+                };
+                if scope.is_empty() {
+                    self.broker_configs.remove(&name);
+                }
+                changes.broker_configs = true;
             }
             MetadataRecord::ProducerIds {
                 next_producer_id, ..

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod active;
 pub mod bootstrap;
+pub mod broker_config;
 pub mod controller;
 pub mod image;
 pub mod placement;

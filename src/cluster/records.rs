@@ -44,6 +44,14 @@ pub enum MetadataRecord {
         key: String,
         value: Option<String>,
     },
+    /// A dynamic broker config was set (`Some`) or removed (`None`), for
+    /// one broker or (`broker: None`) the cluster default (ConfigRecord of
+    /// a BROKER resource).
+    BrokerConfig {
+        broker: Option<NodeId>,
+        key: String,
+        value: Option<String>,
+    },
     /// The next block of producer ids handed to a broker (ProducerIdsRecord).
     ProducerIds {
         node_id: NodeId,

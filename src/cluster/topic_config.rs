@@ -396,17 +396,25 @@ impl TopicConfig {
     /// Overrides over the defaults; a value that fails to parse (written
     /// before it was validated) falls back to the default.
     pub fn resolve(overrides: &BTreeMap<String, String>, broker: &Config) -> TopicConfig {
-        let get = |name: &str| -> String {
-            overrides
-                .get(name)
-                .filter(|v| validate(name, v).is_ok())
-                .cloned()
-                .unwrap_or_else(|| spec(name).expect("listed").default_value(broker))
-        };
+        TopicConfig::resolve_with(overrides, broker, &BTreeMap::new())
+    }
+
+    /// As [`TopicConfig::resolve`], with the dynamic broker configs in
+    /// force on this broker (by broker key) between the topic's overrides
+    /// and the static defaults.
+    pub fn resolve_with(
+        overrides: &BTreeMap<String, String>,
+        broker: &Config,
+        dynamic: &BTreeMap<String, String>,
+    ) -> TopicConfig {
+        let get = |name: &str| -> String { effective_value(name, overrides, broker, dynamic).0 };
         let long = |name: &str| get(name).trim().parse::<i64>().unwrap_or(LONG_MAX);
+        // The internal `__consumer_offsets` is created compact: its
+        // override counts even where a topic could not set it.
         let policy = overrides
             .get("cleanup.policy")
-            .map_or("delete", |p| p.as_str());
+            .cloned()
+            .unwrap_or_else(|| get("cleanup.policy"));
         TopicConfig {
             cleanup_delete: policy.split(',').any(|p| p.trim() == "delete"),
             max_message_bytes: long("max.message.bytes") as usize,
@@ -424,6 +432,43 @@ impl TopicConfig {
             file_delete_delay_ms: long("file.delete.delay.ms").max(0) as u64,
         }
     }
+}
+
+/// Where a topic's effective value of a config comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueSource {
+    Topic,
+    DynamicBroker,
+    StaticBroker,
+    Default,
+}
+
+/// A topic's value of `name` and its source: the topic's override, the
+/// dynamic broker value in force (`dynamic`, by broker key; its scope is
+/// the caller's to tell), the static configuration or the default. Values
+/// that fail their check (written before they were validated) are skipped.
+pub fn effective_value(
+    name: &str,
+    overrides: &BTreeMap<String, String>,
+    broker: &Config,
+    dynamic: &BTreeMap<String, String>,
+) -> (String, ValueSource) {
+    let spec = spec(name).expect("listed");
+    if let Some(v) = overrides.get(name).filter(|v| validate(name, v).is_ok()) {
+        return (v.clone(), ValueSource::Topic);
+    }
+    if let Some(v) = dynamic
+        .get(spec.broker_name)
+        .filter(|v| validate(name, v).is_ok())
+    {
+        return (v.clone(), ValueSource::DynamicBroker);
+    }
+    let source = if spec.from_broker_config {
+        ValueSource::StaticBroker
+    } else {
+        ValueSource::Default
+    };
+    (spec.default_value(broker), source)
 }
 
 /// One incremental change (IncrementalAlterConfigs' operations).
@@ -549,6 +594,26 @@ mod tests {
         assert_eq!(
             (t.retention_ms, t.log_append_time, t.max_message_bytes),
             (5000, true, 50_000)
+        );
+    }
+
+    #[test]
+    fn dynamic_broker_values_sit_between_overrides_and_static_defaults() {
+        let broker = Config::default();
+        let dynamic = map(&[("log.retention.ms", "9000"), ("message.max.bytes", "bad")]);
+        let t = TopicConfig::resolve_with(&BTreeMap::new(), &broker, &dynamic);
+        assert_eq!(t.retention_ms, 9000);
+        // An unparsable dynamic value falls back to the static one.
+        assert_eq!(t.max_message_bytes, broker.max_message_bytes);
+        let own = TopicConfig::resolve_with(&map(&[("retention.ms", "5")]), &broker, &dynamic);
+        assert_eq!(own.retention_ms, 5);
+        assert_eq!(
+            effective_value("retention.ms", &BTreeMap::new(), &broker, &dynamic),
+            ("9000".to_string(), ValueSource::DynamicBroker)
+        );
+        assert_eq!(
+            effective_value("segment.bytes", &BTreeMap::new(), &broker, &dynamic).1,
+            ValueSource::StaticBroker
         );
     }
 

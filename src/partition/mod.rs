@@ -34,7 +34,7 @@ use cache::BatchCache;
 pub use cache::{CacheBudget, CACHE_ENTRY_OVERHEAD_BYTES};
 use epochs::LeaderEpochCache;
 use replica::{AckState, ReplicaState};
-pub use replicated::{Assignment, FollowerRead};
+pub use replicated::{Assignment, FollowerFetch, FollowerRead};
 
 use crate::cluster::records::NodeId;
 use crate::cluster::topic_config::TopicConfig;

@@ -32,6 +32,8 @@ pub enum Role {
 #[derive(Debug, Clone, Copy)]
 struct Progress {
     log_end_offset: i64,
+    /// The follower's log start as its last fetch gave it.
+    log_start_offset: i64,
     last_caught_up_ms: u64,
     last_fetch_ms: u64,
     last_fetch_leader_end: i64,
@@ -153,6 +155,7 @@ impl ReplicaState {
                 .map(|r| {
                     let progress = Progress {
                         log_end_offset: UNKNOWN_OFFSET,
+                        log_start_offset: UNKNOWN_OFFSET,
                         last_caught_up_ms: now_ms,
                         last_fetch_ms: now_ms,
                         last_fetch_leader_end: UNKNOWN_OFFSET,
@@ -186,6 +189,7 @@ impl ReplicaState {
         &mut self,
         replica: NodeId,
         fetch_offset: i64,
+        log_start_offset: i64,
         now_ms: u64,
     ) -> Effects {
         if self.role != Role::Leader {
@@ -203,6 +207,7 @@ impl ReplicaState {
         p.last_fetch_leader_end = leader_end;
         p.last_fetch_ms = now_ms;
         p.log_end_offset = fetch_offset;
+        p.log_start_offset = log_start_offset;
         let mut effects = self.maybe_advance_hw(now_ms);
         if effects.alter_isr.is_none() {
             effects.alter_isr = self.maybe_expand_isr(replica);
@@ -267,6 +272,23 @@ impl ReplicaState {
     /// The log start moved past the high watermark (records deleted).
     pub fn on_log_start(&mut self, start: i64) {
         self.high_watermark = self.high_watermark.max(start.min(self.log_end_offset));
+    }
+
+    /// DeleteRecords' low watermark as leader (Kafka's
+    /// lowWatermarkIfLeader): the lowest log start among this log's
+    /// (`local_start`) and those of the followers that may serve (not
+    /// fenced or shutting down), as their last fetches gave them; -1 for a
+    /// follower not heard from yet.
+    pub fn low_watermark(&self, local_start: i64) -> i64 {
+        self.replicas
+            .iter()
+            .filter(|r| **r != self.node_id && !self.ineligible.contains(r))
+            .map(|r| {
+                self.followers
+                    .get(r)
+                    .map_or(UNKNOWN_OFFSET, |p| p.log_start_offset)
+            })
+            .fold(local_start, i64::min)
     }
 
     /// Whether an acks=all produce of a batch ending at `end` is answered.
@@ -367,17 +389,17 @@ mod tests {
             None,
             "followers unknown"
         );
-        s.on_follower_fetch(2, 10, 2);
+        s.on_follower_fetch(2, 10, 0, 2);
         assert_eq!(s.high_watermark(), 0);
-        let e = s.on_follower_fetch(3, 7, 3);
+        let e = s.on_follower_fetch(3, 7, 0, 3);
         assert_eq!(e.high_watermark, Some(7));
         assert_eq!(s.ack_state(10, 2), AckState::Wait);
-        s.on_follower_fetch(3, 10, 4);
+        s.on_follower_fetch(3, 10, 0, 4);
         assert_eq!(s.ack_state(10, 2), AckState::Done);
         // The leader's own durable end bounds it too.
         s.on_append(20);
-        s.on_follower_fetch(2, 20, 5);
-        s.on_follower_fetch(3, 20, 5);
+        s.on_follower_fetch(2, 20, 0, 5);
+        s.on_follower_fetch(3, 20, 0, 5);
         assert_eq!(s.high_watermark(), 10);
         s.on_durable(20, 6);
         assert_eq!(s.high_watermark(), 20);
@@ -388,10 +410,10 @@ mod tests {
         let mut s = leader(&[1, 2, 3]);
         s.on_append(5);
         s.on_durable(5, 0);
-        s.on_follower_fetch(2, 5, 100);
-        s.on_follower_fetch(3, 0, 100);
+        s.on_follower_fetch(2, 5, 0, 100);
+        s.on_follower_fetch(3, 0, 0, 100);
         assert_eq!(s.tick(LAG_MS).alter_isr, None, "within the lag window");
-        s.on_follower_fetch(2, 5, LAG_MS + 50);
+        s.on_follower_fetch(2, 5, 0, LAG_MS + 50);
         let e = s.tick(LAG_MS + 100);
         assert_eq!(e.alter_isr, Some(vec![1, 2]));
         assert_eq!(s.tick(LAG_MS + 200).alter_isr, None, "one change in flight");
@@ -409,9 +431,9 @@ mod tests {
             5,
             "3 no longer holds the watermark back"
         );
-        let e = s.on_follower_fetch(3, 4, LAG_MS + 400);
+        let e = s.on_follower_fetch(3, 4, 0, LAG_MS + 400);
         assert_eq!(e.alter_isr, None, "below the high watermark");
-        let e = s.on_follower_fetch(3, 5, LAG_MS + 500);
+        let e = s.on_follower_fetch(3, 5, 0, LAG_MS + 500);
         assert_eq!(e.alter_isr, Some(vec![1, 2, 3]));
     }
 
@@ -420,19 +442,46 @@ mod tests {
         let mut s = leader(&[1, 2]);
         s.on_append(5);
         s.on_durable(5, 0);
-        s.on_follower_fetch(2, 5, 1);
+        s.on_follower_fetch(2, 5, 0, 1);
         assert_eq!(s.high_watermark(), 5);
-        assert_eq!(s.on_follower_fetch(3, 5, 2).alter_isr, Some(vec![1, 2, 3]));
+        assert_eq!(
+            s.on_follower_fetch(3, 5, 0, 2).alter_isr,
+            Some(vec![1, 2, 3])
+        );
         s.on_append(9);
         s.on_durable(9, 3);
-        s.on_follower_fetch(2, 9, 4);
+        s.on_follower_fetch(2, 9, 0, 4);
         assert_eq!(
             s.high_watermark(),
             5,
             "3 is joining: the watermark waits for it"
         );
-        s.on_follower_fetch(3, 9, 5);
+        s.on_follower_fetch(3, 9, 0, 5);
         assert_eq!(s.high_watermark(), 9);
+    }
+
+    #[test]
+    fn the_low_watermark_is_the_lowest_log_start_of_the_serving_replicas() {
+        let mut s = leader(&[1, 2, 3]);
+        s.on_append(10);
+        assert_eq!(s.low_watermark(5), -1, "followers not heard from");
+        s.on_follower_fetch(2, 10, 5, 1);
+        s.on_follower_fetch(3, 10, 2, 1);
+        assert_eq!(s.low_watermark(5), 2);
+        s.on_follower_fetch(3, 10, 7, 2);
+        assert_eq!(s.low_watermark(5), 5);
+        // A fenced follower does not hold DeleteRecords back.
+        s.assign(
+            Role::Leader,
+            1,
+            0,
+            &[1, 2, 3],
+            &[1, 2],
+            BTreeSet::from([3]),
+            3,
+        );
+        s.on_follower_fetch(2, 10, 6, 3);
+        assert_eq!(s.low_watermark(6), 6);
     }
 
     #[test]

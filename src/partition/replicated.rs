@@ -35,6 +35,17 @@ pub struct Assignment {
     pub config: TopicConfig,
 }
 
+/// One partition of a follower's fetch, as the leader receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowerFetch {
+    pub replica: NodeId,
+    pub offset: i64,
+    /// The epoch of the follower's last batch (v12+), or -1.
+    pub last_fetched_epoch: i32,
+    /// The follower's log start (v5+), or -1: DeleteRecords' low watermark.
+    pub log_start_offset: i64,
+}
+
 /// A follower fetch as the leader answers it.
 pub struct FollowerRead {
     pub data: FetchedData,
@@ -120,13 +131,17 @@ impl Partition {
     /// up to the log end, its progress recorded.
     pub async fn serve_follower(
         &self,
-        replica: NodeId,
-        offset: i64,
-        last_fetched_epoch: i32,
+        fetch: FollowerFetch,
         max_bytes: usize,
         first_batch_max_bytes: usize,
         now_ms: u64,
     ) -> Result<FollowerRead, PartitionError> {
+        let FollowerFetch {
+            replica,
+            offset,
+            last_fetched_epoch,
+            log_start_offset,
+        } = fetch;
         if !self.is_leader() {
             return Err(PartitionError::NotLeaderOrFollower);
         }
@@ -150,10 +165,10 @@ impl Partition {
         if offset > leo || offset < self.log_start_offset() {
             return Err(PartitionError::OffsetOutOfRange(offset));
         }
-        let effects = self
-            .replica
-            .borrow_mut()
-            .on_follower_fetch(replica, offset, now_ms);
+        let effects =
+            self.replica
+                .borrow_mut()
+                .on_follower_fetch(replica, offset, log_start_offset, now_ms);
         if let Some(hw) = effects.high_watermark {
             self.high_watermark_moved(hw);
         }

@@ -74,6 +74,33 @@ impl Partition {
         Ok(self.log_start_offset())
     }
 
+    /// DeleteRecords' wait (Kafka's DelayedDeleteRecords): resolves with
+    /// the low watermark once every serving replica's log start reached
+    /// `offset`, or fails with a timeout after `timeout`.
+    pub async fn wait_low_watermark(
+        &self,
+        offset: i64,
+        timeout: std::time::Duration,
+    ) -> Result<i64, PartitionError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if !self.is_leader() {
+                return Err(PartitionError::NotLeaderOrFollower);
+            }
+            let low = self.replica.borrow().low_watermark(self.log_start_offset());
+            if low >= offset {
+                return Ok(low);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(PartitionError::Timeout);
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(
+                crate::config::DELETE_RECORDS_POLL_MS,
+            ))
+            .await;
+        }
+    }
+
     /// Moves the log start to `offset` (never back, never past the log
     /// end) and removes the segments wholly below it: DeleteRecords on the
     /// leader, the leader's log start on a follower.

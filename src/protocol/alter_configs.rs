@@ -3,8 +3,10 @@
 //! from any broker), committed to the metadata log and applied by every
 //! broker's partitions without a restart. Each resource is checked whole
 //! (unknown keys, values ringtail cannot honour: INVALID_CONFIG) before
-//! anything changes. The broker has no dynamically changeable keys yet:
-//! broker resources are refused with the reason.
+//! anything changes. BROKER resources change the dynamic broker configs
+//! (the topic configs' broker-level defaults, see
+//! [`broker_config`](crate::cluster::broker_config)) of one broker or, with
+//! an empty name, of the whole cluster; static keys are refused.
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -22,6 +24,7 @@ use kafka_protocol::ResponseError;
 
 use super::topics::applied_here;
 use super::{controller_error_code, str_bytes};
+use crate::cluster::broker_config::Scope;
 use crate::cluster::controller::{ControllerReply, ControllerRequest};
 use crate::cluster::topic_config::ConfigOp;
 use crate::shard::Shard;
@@ -48,14 +51,8 @@ async fn alter(
         Ok(ops) => ops,
         Err(why) => return invalid(why),
     };
-    match resource_type {
-        RESOURCE_TOPIC => {}
-        RESOURCE_BROKER => {
-            return invalid(
-                "ringtail has no dynamically changeable broker configs: set them in the broker's configuration file and restart",
-            )
-        }
-        other => return invalid(format!("resource type {other} has no configs here")),
+    if !matches!(resource_type, RESOURCE_TOPIC | RESOURCE_BROKER) {
+        return invalid(format!("resource type {resource_type} has no configs here"));
     }
     let mut keys = BTreeSet::new();
     for op in &ops {
@@ -66,6 +63,9 @@ async fn alter(
         if !keys.insert(k.clone()) {
             return invalid(format!("config {k} is listed twice"));
         }
+    }
+    if resource_type == RESOURCE_BROKER {
+        return alter_broker(shard, name, ops, replace, validate_only).await;
     }
     let topic = name.to_string();
     let reply = shard
@@ -86,6 +86,42 @@ async fn alter(
                     i.offset > offset || i.topic(&topic).map(|t| t.id) != id
                 })
                 .await;
+            }
+            Ok(())
+        }
+        Ok(other) => Err((
+            ResponseError::UnknownServerError,
+            format!("unexpected controller reply {other:?}"),
+        )),
+        Err(e) => Err((controller_error_code(&e), e.to_string())),
+    }
+}
+
+/// Changes the dynamic configs of one broker or of the cluster default.
+async fn alter_broker(
+    shard: &Rc<Shard>,
+    name: &StrBytes,
+    ops: Vec<ConfigOp>,
+    replace: bool,
+    validate_only: bool,
+) -> Outcome {
+    let scope = match Scope::parse(name.as_str()) {
+        Ok(scope) => scope,
+        Err(why) => return invalid(why),
+    };
+    let offset = shard.image().offset;
+    let reply = shard
+        .controller_call(ControllerRequest::AlterBrokerConfigs {
+            broker: scope.broker(),
+            ops,
+            replace,
+            validate_only,
+        })
+        .await;
+    match reply {
+        Ok(ControllerReply::Done) => {
+            if !validate_only {
+                applied_here(shard, |i| i.offset > offset).await;
             }
             Ok(())
         }

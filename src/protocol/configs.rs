@@ -1,6 +1,7 @@
 //! DescribeConfigs (key 32), v1-4: topic configs (every key ringtail
-//! supports, with sources and synonyms as Kafka reports them) and the
-//! broker's own settings.
+//! supports, with sources and synonyms as Kafka reports them), the
+//! broker's own settings (static ones read-only, dynamic ones with the
+//! value in force and its synonyms) and the cluster-wide dynamic defaults.
 
 use std::rc::Rc;
 
@@ -12,12 +13,15 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::ResponseError;
 
 use super::str_bytes;
-use crate::cluster::topic_config;
+use crate::cluster::image::MetadataImage;
+use crate::cluster::{broker_config, topic_config};
 use crate::shard::Shard;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+const SOURCE_DYNAMIC_BROKER: i8 = 2;
+const SOURCE_DYNAMIC_DEFAULT_BROKER: i8 = 3;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
@@ -36,9 +40,45 @@ fn synonym(name: &str, value: &str, source: i8) -> DescribeConfigsSynonym {
         .with_source(source)
 }
 
+/// The broker-level values of one topic config on this broker, most
+/// specific first, as Kafka lists synonyms: this broker's dynamic value,
+/// the cluster-wide dynamic default, then the static or default value.
+fn broker_synonyms(
+    shard: &Shard,
+    image: &MetadataImage,
+    spec: &topic_config::KeySpec,
+) -> Vec<DescribeConfigsSynonym> {
+    let mut out = Vec::new();
+    let scopes = [
+        (shard.config.node_id.to_string(), SOURCE_DYNAMIC_BROKER),
+        (String::new(), SOURCE_DYNAMIC_DEFAULT_BROKER),
+    ];
+    for (scope, source) in scopes {
+        if let Some(v) = image
+            .broker_configs
+            .get(&scope)
+            .and_then(|c| c.get(spec.broker_name))
+            .filter(|v| topic_config::validate(spec.name, v).is_ok())
+        {
+            out.push(synonym(spec.broker_name, v, source));
+        }
+    }
+    let default_source = if spec.from_broker_config {
+        SOURCE_STATIC_BROKER
+    } else {
+        SOURCE_DEFAULT
+    };
+    out.push(synonym(
+        spec.broker_name,
+        &spec.default_value(&shard.config),
+        default_source,
+    ));
+    out
+}
+
 /// Every topic config ringtail supports (what `kafka-configs --describe
 /// --all` lists), each with its source and, as Kafka gives them, its
-/// synonyms: the topic override, then the broker setting it falls back to.
+/// synonyms: the topic override, then the broker settings it falls back to.
 fn topic_configs(
     shard: &Shard,
     name: &str,
@@ -50,25 +90,21 @@ fn topic_configs(
     let mut out: Vec<_> = topic_config::KEYS
         .iter()
         .map(|spec| {
-            let default = spec.default_value(&shard.config);
-            let default_source = if spec.from_broker_config {
-                SOURCE_STATIC_BROKER
-            } else {
-                SOURCE_DEFAULT
-            };
-            let fallback = synonym(spec.broker_name, &default, default_source);
+            let mut synonyms = broker_synonyms(shard, &image, spec);
             let e = match meta.configs.get(spec.name) {
-                Some(set) => entry(spec.name, set, SOURCE_DYNAMIC_TOPIC).with_synonyms(vec![
-                    synonym(spec.name, set, SOURCE_DYNAMIC_TOPIC),
-                    fallback,
-                ]),
-                None => DescribeConfigsResourceResult::default()
-                    .with_name(str_bytes(spec.name))
-                    .with_value(Some(str_bytes(&default)))
-                    .with_config_source(default_source)
-                    .with_synonyms(vec![fallback]),
+                Some(set) => {
+                    synonyms.insert(0, synonym(spec.name, set, SOURCE_DYNAMIC_TOPIC));
+                    entry(spec.name, set, SOURCE_DYNAMIC_TOPIC)
+                }
+                None => {
+                    let first = &synonyms[0];
+                    DescribeConfigsResourceResult::default()
+                        .with_name(str_bytes(spec.name))
+                        .with_value(first.value.clone())
+                        .with_config_source(first.source)
+                }
             };
-            e.with_config_type(spec.kind as i8)
+            e.with_config_type(spec.kind as i8).with_synonyms(synonyms)
         })
         .collect();
     for (k, v) in &meta.configs {
@@ -79,7 +115,8 @@ fn topic_configs(
     Ok(out)
 }
 
-fn broker_configs(shard: &Shard) -> Vec<DescribeConfigsResourceResult> {
+/// The broker's static settings (read-only).
+fn static_broker_configs(shard: &Shard) -> Vec<DescribeConfigsResourceResult> {
     let c = &shard.config;
     [
         ("node.id", c.node_id.to_string()),
@@ -90,15 +127,58 @@ fn broker_configs(shard: &Shard) -> Vec<DescribeConfigsResourceResult> {
             "auto.create.topics.enable",
             c.auto_create_topics.to_string(),
         ),
-        ("message.max.bytes", c.max_message_bytes.to_string()),
         ("socket.request.max.bytes", c.max_request_bytes.to_string()),
-        ("log.segment.bytes", c.segment_bytes.to_string()),
         ("default.replication.factor", "1".to_string()),
         ("offsets.topic.replication.factor", "1".to_string()),
     ]
     .iter()
     .map(|(k, v)| entry(k, v, SOURCE_STATIC_BROKER))
     .collect()
+}
+
+/// One broker's configs: the static ones and every dynamic key with the
+/// value in force here and its synonyms (`--all`); Kafka's tools show the
+/// dynamic ones by their source.
+fn broker_configs(shard: &Shard) -> Vec<DescribeConfigsResourceResult> {
+    let image = shard.image();
+    let mut out = static_broker_configs(shard);
+    for spec in topic_config::KEYS {
+        let synonyms = broker_synonyms(shard, &image, spec);
+        let first = &synonyms[0];
+        out.push(
+            DescribeConfigsResourceResult::default()
+                .with_name(str_bytes(spec.broker_name))
+                .with_value(first.value.clone())
+                .with_config_source(first.source)
+                .with_config_type(spec.kind as i8)
+                .with_synonyms(synonyms),
+        );
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup_by(|a, b| a.name == b.name);
+    out
+}
+
+/// The cluster-wide dynamic defaults (`--entity-default`): only those set.
+fn default_broker_configs(shard: &Shard) -> Vec<DescribeConfigsResourceResult> {
+    let image = shard.image();
+    image
+        .broker_configs
+        .get("")
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let e = entry(k, v, SOURCE_DYNAMIC_DEFAULT_BROKER).with_synonyms(vec![synonym(
+                k,
+                v,
+                SOURCE_DYNAMIC_DEFAULT_BROKER,
+            )]);
+            match broker_config::spec(k) {
+                Some(spec) => e.with_config_type(spec.kind as i8),
+                None => e,
+            }
+        })
+        .collect()
 }
 
 pub fn describe(
@@ -113,7 +193,8 @@ pub fn describe(
             let name = r.resource_name.to_string();
             let configs = match r.resource_type {
                 RESOURCE_TOPIC => topic_configs(shard, &name),
-                RESOURCE_BROKER if name.is_empty() || name == shard.config.node_id.to_string() => {
+                RESOURCE_BROKER if name.is_empty() => Ok(default_broker_configs(shard)),
+                RESOURCE_BROKER if name == shard.config.node_id.to_string() => {
                     Ok(broker_configs(shard))
                 }
                 RESOURCE_BROKER => Err(ResponseError::InvalidRequest),

@@ -1,11 +1,15 @@
 //! DeleteRecords (key 21), v0-2 (`kafka-delete-records`,
 //! AdminClient.deleteRecords): on each partition's leader the log start
 //! moves to the given offset (-1: the high watermark; past it:
-//! OFFSET_OUT_OF_RANGE) and the segments wholly below it are deleted; the
-//! answer's low watermark is the leader's new log start. Followers follow
-//! as the leader's log start reaches them in their fetches.
+//! OFFSET_OUT_OF_RANGE) and the segments wholly below it are deleted.
+//! Followers follow as the leader's log start reaches them in their
+//! fetches, and tell theirs in the next; the answer waits (up to the
+//! request's timeout: REQUEST_TIMED_OUT) until every serving replica's log
+//! start reached the new one, and gives the lowest as the low watermark,
+//! as Kafka does.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use kafka_protocol::messages::delete_records_request::DeleteRecordsRequest;
 use kafka_protocol::messages::delete_records_response::{
@@ -21,11 +25,12 @@ async fn delete_on_owner(
     topic: String,
     index: i32,
     offset: i64,
+    timeout: Duration,
 ) -> Result<i64, ResponseError> {
     let p = shard.serving_partition(&topic, index)?;
-    p.delete_records(offset)
-        .await
-        .map_err(|e| partition_error_code(&e))
+    let code = |e| partition_error_code(&e);
+    let start = p.delete_records(offset).await.map_err(code)?;
+    p.wait_low_watermark(start, timeout).await.map_err(code)
 }
 
 pub async fn handle(
@@ -34,6 +39,7 @@ pub async fn handle(
     _version: i16,
 ) -> DeleteRecordsResponse {
     let image = shard.image();
+    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let name = t.name.0.to_string();
@@ -49,7 +55,9 @@ pub async fn handle(
                     return Err(ResponseError::UnknownTopicOrPartition);
                 }
                 shard
-                    .invoke_on(owner, move |s| delete_on_owner(s, topic, index, offset))
+                    .invoke_on(owner, move |s| {
+                        delete_on_owner(s, topic, index, offset, timeout)
+                    })
                     .await
                     .unwrap_or(Err(ResponseError::BrokerNotAvailable))
             }

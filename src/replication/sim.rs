@@ -485,7 +485,7 @@ impl Sim {
         let (batches, effects) = if diverging.is_some() || offset > leader.end() {
             (Vec::new(), Default::default())
         } else {
-            let e = leader.state.on_follower_fetch(from, offset, now);
+            let e = leader.state.on_follower_fetch(from, offset, 0, now);
             (leader.log[offset as usize..].to_vec(), e)
         };
         let hw = leader.state.high_watermark();

@@ -53,7 +53,11 @@ impl Shard {
                 .filter(|b| !b.is_active())
                 .map(|b| b.registration.node_id)
                 .collect(),
-            config: TopicConfig::resolve(&t.configs, &self.config),
+            config: TopicConfig::resolve_with(
+                &t.configs,
+                &self.config,
+                &image.dynamic_broker_configs(self.node_id),
+            ),
         }
     }
 
@@ -68,7 +72,10 @@ impl Shard {
         for (name, _) in &changes.removed_topics {
             self.drop_topic(name).await;
         }
-        let everything = old.offset == 0 || changes.brokers || changes.partitions.is_empty();
+        let everything = old.offset == 0
+            || changes.brokers
+            || changes.broker_configs
+            || changes.partitions.is_empty();
         let mut targets: Vec<(String, i32)> = if everything {
             image
                 .topics

@@ -255,7 +255,11 @@ impl Shard {
     }
 
     fn log_config(&self, topic: &TopicImage) -> LogConfig {
-        let t = crate::cluster::topic_config::TopicConfig::resolve(&topic.configs, &self.config);
+        let t = crate::cluster::topic_config::TopicConfig::resolve_with(
+            &topic.configs,
+            &self.config,
+            &self.image().dynamic_broker_configs(self.node_id),
+        );
         LogConfig {
             segment_bytes: t.segment_bytes,
             index_interval_bytes: t.index_interval_bytes,

@@ -146,6 +146,14 @@ pub enum ControllerRequest {
         replace: bool,
         validate_only: bool,
     },
+    /// IncrementalAlterConfigs / AlterConfigs (`replace`) of the dynamic
+    /// configs of one broker, or of the cluster default (`broker: None`).
+    AlterBrokerConfigs {
+        broker: Option<NodeId>,
+        ops: Vec<crate::cluster::topic_config::ConfigOp>,
+        replace: bool,
+        validate_only: bool,
+    },
     /// Internal: `__consumer_offsets` exists once brokers are there.
     EnsureOffsetsTopic,
     /// Answered by the Raft leader's node from its quorum state, never
@@ -353,6 +361,12 @@ impl Controller {
                 replace,
                 validate_only,
             } => topics::alter_configs(image, &topic, &ops, replace, validate_only),
+            R::AlterBrokerConfigs {
+                broker,
+                ops,
+                replace,
+                validate_only,
+            } => topics::alter_broker_configs(image, broker, &ops, replace, validate_only),
             R::EnsureOffsetsTopic => self.ensure_offsets_topic(image),
             R::DescribeQuorum => Decision {
                 records: Vec::new(),

@@ -1,5 +1,6 @@
 //! Topic decisions: create (placement over the active brokers, or a given
-//! assignment), delete, add partitions, and the internal offsets topic.
+//! assignment), delete, add partitions, the internal offsets topic, and
+//! config changes (topic overrides and dynamic broker configs).
 
 use std::collections::BTreeSet;
 
@@ -314,6 +315,37 @@ pub(super) fn alter_configs(
         if old != new && !validate_only {
             records.push(MetadataRecord::TopicConfig {
                 topic_id: t.id,
+                key: key.clone(),
+                value: new.cloned(),
+            });
+        }
+    }
+    Decision::ready(records, ControllerReply::Done)
+}
+
+/// A broker's (or the cluster default's) dynamic config changes: checked
+/// as a whole, then one record per key that changes.
+pub(super) fn alter_broker_configs(
+    image: &MetadataImage,
+    broker: Option<NodeId>,
+    ops: &[crate::cluster::topic_config::ConfigOp],
+    replace: bool,
+    validate_only: bool,
+) -> Decision {
+    let name = broker.map_or(String::new(), |id| id.to_string());
+    let empty = Default::default();
+    let current = image.broker_configs.get(&name).unwrap_or(&empty);
+    let next = match crate::cluster::broker_config::apply_ops(current, ops, replace) {
+        Ok(next) => next,
+        Err(why) => return Decision::refuse(ControllerError::InvalidConfig(why)),
+    };
+    let mut records = Vec::new();
+    let keys: BTreeSet<&String> = current.keys().chain(next.keys()).collect();
+    for key in keys {
+        let (old, new) = (current.get(key), next.get(key));
+        if old != new && !validate_only {
+            records.push(MetadataRecord::BrokerConfig {
+                broker,
                 key: key.clone(),
                 value: new.cloned(),
             });

@@ -39,7 +39,7 @@ use crate::cluster::image::MetadataImage;
 use crate::config::MAX_FETCH_WAIT_MS;
 use crate::log::MIN_DISK_READ_BYTES;
 use crate::partition::epochs::EpochEnd;
-use crate::partition::FetchedData;
+use crate::partition::{FetchedData, FollowerFetch};
 use crate::shard::Shard;
 
 pub use reply::FetchReply;
@@ -54,6 +54,8 @@ struct Wanted {
     max_bytes: usize,
     current_leader_epoch: i32,
     last_fetched_epoch: i32,
+    /// The fetching follower's log start (v5+), or -1.
+    log_start_offset: i64,
     /// The fetching replica, or -1 for a consumer.
     replica: i32,
     error: Option<ResponseError>,
@@ -76,6 +78,7 @@ struct ReadItem {
     partition_max: usize,
     current_leader_epoch: i32,
     last_fetched_epoch: i32,
+    log_start_offset: i64,
     replica: i32,
 }
 
@@ -155,8 +158,14 @@ async fn read_one(shard: &Rc<Shard>, w: &ReadItem, max: usize, first: usize) -> 
         .map_err(code)?;
     if w.replica >= 0 {
         let now = crate::shard::now_ms();
+        let fetch = FollowerFetch {
+            replica: w.replica,
+            offset: w.offset,
+            last_fetched_epoch: w.last_fetched_epoch,
+            log_start_offset: w.log_start_offset,
+        };
         let read = partition
-            .serve_follower(w.replica, w.offset, w.last_fetched_epoch, max, first, now)
+            .serve_follower(fetch, max, first, now)
             .await
             .map_err(code)?;
         shard.handle_effects(&partition, read.effects);
@@ -240,12 +249,14 @@ fn resolve(
             } else {
                 -1
             };
+            let log_start_offset = if version >= 5 { p.log_start_offset } else { -1 };
             let key = (t.topic_id, name.clone(), p.partition);
             if let Some(&i) = seen.get(&key) {
                 let w = &mut wanted[i];
                 (w.offset, w.max_bytes, w.error) = (offset, max_bytes, error);
                 w.current_leader_epoch = p.current_leader_epoch;
                 w.last_fetched_epoch = last_fetched_epoch;
+                w.log_start_offset = log_start_offset;
                 continue;
             }
             let same_topic = wanted.last().is_some_and(|w| {
@@ -268,6 +279,7 @@ fn resolve(
                 max_bytes,
                 current_leader_epoch: p.current_leader_epoch,
                 last_fetched_epoch,
+                log_start_offset,
                 replica,
                 error,
             });
@@ -414,6 +426,7 @@ fn read_on(
                 partition_max: w.max_bytes,
                 current_leader_epoch: w.current_leader_epoch,
                 last_fetched_epoch: w.last_fetched_epoch,
+                log_start_offset: w.log_start_offset,
                 replica: w.replica,
             }
         })

@@ -732,3 +732,25 @@ pub fn physical_memory_bytes() -> Option<u64> {
     };
     (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
 }
+
+#[cfg(test)]
+mod compression_tests {
+    use super::*;
+
+    #[test]
+    fn broker_compression_settings_are_checked() {
+        assert!(Config::default().validate().is_ok());
+        let with = |f: fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate()
+        };
+        assert!(with(|c| c.compression_type = "zstd".into()).is_ok());
+        assert!(with(|c| c.compression_type = "none".into()).is_err());
+        assert!(with(|c| c.compression_gzip_level = 0).is_err());
+        assert!(with(|c| c.compression_gzip_level = 9).is_ok());
+        assert!(with(|c| c.compression_lz4_level = 18).is_err());
+        assert!(with(|c| c.compression_zstd_level = -131_073).is_err());
+        assert!(with(|c| c.compression_zstd_level = 22).is_ok());
+    }
+}

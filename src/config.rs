@@ -235,6 +235,63 @@ pub const DEFAULT_REPLICA_FETCH_WAIT_MAX_MS: u64 = 500;
 /// Wait after a failed follower fetch (Kafka's `replica.fetch.backoff.ms`).
 pub const DEFAULT_REPLICA_FETCH_BACKOFF_MS: u64 = 1_000;
 
+// Broker-side recompression (topic and broker `compression.type`).
+
+/// compression.type when neither the topic nor the broker sets one: keep
+/// the producer's codec, stored byte for byte (Kafka's default).
+pub const DEFAULT_COMPRESSION_TYPE: &str = "producer";
+/// The values compression.type takes (Kafka's BrokerCompressionType).
+pub const COMPRESSION_TYPES: [&str; 6] =
+    ["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"];
+/// Kafka's codec levels (KIP-390, `compression.<codec>.level`): the
+/// defaults and the ranges Kafka accepts. gzip -1 is zlib's default (6);
+/// lz4 9 is Kafka's default, which uses lz4's fast compressor (any other
+/// level the high-compression one).
+pub const DEFAULT_COMPRESSION_GZIP_LEVEL: i32 = -1;
+pub const COMPRESSION_GZIP_LEVELS: std::ops::RangeInclusive<i32> = 1..=9;
+pub const DEFAULT_COMPRESSION_LZ4_LEVEL: i32 = 9;
+pub const COMPRESSION_LZ4_LEVELS: std::ops::RangeInclusive<i32> = 1..=17;
+pub const DEFAULT_COMPRESSION_ZSTD_LEVEL: i32 = 3;
+pub const COMPRESSION_ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -131_072..=22;
+/// Largest zstd window (log2 bytes) a recompressing encoder uses. zstd's
+/// high levels ask for windows of up to 128 MiB with tables to match, for
+/// a batch that is at most `max_message_bytes` compressed; 8 MiB keeps the
+/// encoder's memory per shard in the tens of MiB at any level and every
+/// reader within its default window limit.
+pub const RECOMPRESS_ZSTD_WINDOW_LOG_MAX: u32 = 23;
+/// Uncompressed bytes per block of a snappy stream written by
+/// recompression (Kafka's framing, xerial's default block, 32 KiB).
+pub const RECOMPRESS_SNAPPY_BLOCK_BYTES: usize = 32 * 1024;
+
+/// Checks a compression.type value (topic or broker).
+pub fn check_compression_type(v: &str) -> Result<(), String> {
+    if COMPRESSION_TYPES.contains(&v.trim()) {
+        return Ok(());
+    }
+    Err(format!("must be one of {}", COMPRESSION_TYPES.join(", ")))
+}
+
+/// Checks a `compression.<codec>.level` value (topic or broker) for
+/// `codec` gzip, lz4 or zstd.
+pub fn check_compression_level(codec: &str, v: &str) -> Result<(), String> {
+    let (range, extra) = match codec {
+        "gzip" => (
+            COMPRESSION_GZIP_LEVELS,
+            Some(DEFAULT_COMPRESSION_GZIP_LEVEL),
+        ),
+        "lz4" => (COMPRESSION_LZ4_LEVELS, None),
+        "zstd" => (COMPRESSION_ZSTD_LEVELS, None),
+        other => return Err(format!("{other} has no compression level")),
+    };
+    match v.trim().parse::<i32>() {
+        Ok(n) if range.contains(&n) || Some(n) == extra => Ok(()),
+        _ => Err(match extra {
+            Some(e) => format!("must be {e} or {}..{}", range.start(), range.end()),
+            None => format!("must be {}..{}", range.start(), range.end()),
+        }),
+    }
+}
+
 const PAGE: usize = 4096;
 const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES >= 16 * PAGE);
 const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES.is_multiple_of(PAGE));
@@ -356,6 +413,12 @@ pub struct Config {
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
     pub group_initial_rebalance_delay_ms: u64,
+    // Broker-side recompression: the broker-level defaults of the topic
+    // configs compression.type and compression.<codec>.level.
+    pub compression_type: String,
+    pub compression_gzip_level: i32,
+    pub compression_lz4_level: i32,
+    pub compression_zstd_level: i32,
 }
 
 impl Default for Config {
@@ -408,6 +471,10 @@ impl Default for Config {
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
             group_initial_rebalance_delay_ms: DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS,
+            compression_type: DEFAULT_COMPRESSION_TYPE.into(),
+            compression_gzip_level: DEFAULT_COMPRESSION_GZIP_LEVEL,
+            compression_lz4_level: DEFAULT_COMPRESSION_LZ4_LEVEL,
+            compression_zstd_level: DEFAULT_COMPRESSION_ZSTD_LEVEL,
         }
     }
 }
@@ -546,6 +613,32 @@ impl Config {
         if self.connection_max_queued_response_bytes == 0 {
             return bad("connection_max_queued_response_bytes must be > 0".into());
         }
+        self.validate_compression()
+    }
+
+    /// The broker's recompression settings, checked as Kafka checks them.
+    fn validate_compression(&self) -> Result<(), ConfigError> {
+        let checks = [
+            (
+                "compression_type",
+                check_compression_type(&self.compression_type),
+            ),
+            (
+                "compression_gzip_level",
+                check_compression_level("gzip", &self.compression_gzip_level.to_string()),
+            ),
+            (
+                "compression_lz4_level",
+                check_compression_level("lz4", &self.compression_lz4_level.to_string()),
+            ),
+            (
+                "compression_zstd_level",
+                check_compression_level("zstd", &self.compression_zstd_level.to_string()),
+            ),
+        ];
+        for (key, check) in checks {
+            check.map_err(|why| ConfigError::Invalid(format!("{key}: {why}")))?;
+        }
         Ok(())
     }
 
@@ -643,4 +736,26 @@ pub fn physical_memory_bytes() -> Option<u64> {
         )
     };
     (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
+}
+
+#[cfg(test)]
+mod compression_tests {
+    use super::*;
+
+    #[test]
+    fn broker_compression_settings_are_checked() {
+        assert!(Config::default().validate().is_ok());
+        let with = |f: fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate()
+        };
+        assert!(with(|c| c.compression_type = "zstd".into()).is_ok());
+        assert!(with(|c| c.compression_type = "none".into()).is_err());
+        assert!(with(|c| c.compression_gzip_level = 0).is_err());
+        assert!(with(|c| c.compression_gzip_level = 9).is_ok());
+        assert!(with(|c| c.compression_lz4_level = 18).is_err());
+        assert!(with(|c| c.compression_zstd_level = -131_073).is_err());
+        assert!(with(|c| c.compression_zstd_level = 22).is_ok());
+    }
 }

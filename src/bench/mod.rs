@@ -74,6 +74,12 @@ pub struct BenchOptions {
     /// none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "none", global = true)]
     pub compression: String,
+    /// A topic config given to CreateTopics, KEY=VALUE (repeatable), e.g.
+    /// compression.type=zstd to measure broker-side recompression. The
+    /// topic must not exist yet: an existing topic's configs are not
+    /// changed.
+    #[arg(long = "topic-config", value_name = "KEY=VALUE", global = true)]
+    pub topic_configs: Vec<String>,
     #[arg(long, default_value_t = 2, global = true)]
     pub producers: usize,
     #[arg(long, default_value_t = 2, global = true)]
@@ -139,7 +145,15 @@ pub fn run_bench(mode: Mode, o: &BenchOptions) -> Result<Summary> {
     }
     wire::compression(&o.compression)?;
     let broker = wire::BrokerInfo::probe(&o.bootstrap)?;
-    let partitions = wire::ensure_topic(&o.bootstrap, &o.topic, o.partitions)?;
+    let topic_configs = o
+        .topic_configs
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            _ => bail!("--topic-config {kv:?} is not KEY=VALUE"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let partitions = wire::ensure_topic(&o.bootstrap, &o.topic, o.partitions, &topic_configs)?;
     let live = Arc::new(Live::default());
     let start = Instant::now();
     let progress = report::spawn_progress(live.clone(), start);

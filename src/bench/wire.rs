@@ -70,8 +70,15 @@ impl BrokerInfo {
     }
 }
 
-/// Creates the topic when missing; returns its partition ids.
-pub fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec<i32>> {
+/// Creates the topic when missing, with `configs`; returns its partition
+/// ids. With `configs`, an existing topic is an error (its configs would
+/// not be the ones asked for).
+pub fn ensure_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    configs: &[(String, String)],
+) -> Result<Vec<i32>> {
     let mut c = Client::connect(bootstrap, CLIENT_ID)?;
     let name = TopicName(StrBytes::from_string(topic.to_string()));
     let create = CreateTopicsRequest::default()
@@ -79,11 +86,29 @@ pub fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<Vec
         .with_topics(vec![create_topics_request::CreatableTopic::default()
             .with_name(name.clone())
             .with_num_partitions(partitions)
-            .with_replication_factor(1)]);
+            .with_replication_factor(1)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        create_topics_request::CreatableTopicConfig::default()
+                            .with_name(StrBytes::from_string(k.clone()))
+                            .with_value(Some(StrBytes::from_string(v.clone())))
+                    })
+                    .collect(),
+            )]);
     let created: CreateTopicsResponse = c.call(ApiKey::CreateTopics, 4, &create)?;
     let code = created.topics.first().map_or(0, |t| t.error_code);
+    if code == 36 && !configs.is_empty() {
+        bail!("topic {topic} exists: --topic-config applies only to a topic the run creates");
+    }
     if code != 0 && code != 36 {
-        bail!("creating topic {topic}: error code {code}");
+        let message = created
+            .topics
+            .first()
+            .and_then(|t| t.error_message.as_ref())
+            .map_or(String::new(), |m| format!(" ({m})"));
+        bail!("creating topic {topic}: error code {code}{message}");
     }
     for _ in 0..50 {
         let req = MetadataRequest::default().with_topics(Some(vec![

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
+use crate::record::{CompressionLevels, CompressionType};
 
 /// Kafka's `Long.MAX_VALUE` default ("never").
 pub const LONG_MAX: i64 = i64::MAX;
@@ -111,14 +112,16 @@ fn check_cleanup_policy(v: &str) -> Result<(), String> {
     Err("must be a list of delete and compact".into())
 }
 fn check_compression(v: &str) -> Result<(), String> {
-    match v.trim() {
-        "producer" => Ok(()),
-        "uncompressed" | "gzip" | "snappy" | "lz4" | "zstd" => Err(
-            "broker-side recompression is not available in ringtail yet: only producer (keep the producer's codec)"
-                .into(),
-        ),
-        _ => Err("must be one of producer, uncompressed, gzip, snappy, lz4, zstd".into()),
-    }
+    crate::config::check_compression_type(v)
+}
+fn check_gzip_level(v: &str) -> Result<(), String> {
+    crate::config::check_compression_level("gzip", v)
+}
+fn check_lz4_level(v: &str) -> Result<(), String> {
+    crate::config::check_compression_level("lz4", v)
+}
+fn check_zstd_level(v: &str) -> Result<(), String> {
+    crate::config::check_compression_level("zstd", v)
 }
 fn check_timestamp_type(v: &str) -> Result<(), String> {
     match v.trim() {
@@ -170,12 +173,36 @@ pub const KEYS: &[KeySpec] = &[
         check: check_cleanup_policy,
     },
     KeySpec {
+        name: "compression.gzip.level",
+        broker_name: "compression.gzip.level",
+        kind: ConfigType::Int,
+        default: |c| c.compression_gzip_level.to_string(),
+        from_broker_config: true,
+        check: check_gzip_level,
+    },
+    KeySpec {
+        name: "compression.lz4.level",
+        broker_name: "compression.lz4.level",
+        kind: ConfigType::Int,
+        default: |c| c.compression_lz4_level.to_string(),
+        from_broker_config: true,
+        check: check_lz4_level,
+    },
+    KeySpec {
         name: "compression.type",
         broker_name: "compression.type",
         kind: ConfigType::String,
-        default: |_| "producer".into(),
-        from_broker_config: false,
+        default: |c| c.compression_type.clone(),
+        from_broker_config: true,
         check: check_compression,
+    },
+    KeySpec {
+        name: "compression.zstd.level",
+        broker_name: "compression.zstd.level",
+        kind: ConfigType::Int,
+        default: |c| c.compression_zstd_level.to_string(),
+        from_broker_config: true,
+        check: check_zstd_level,
     },
     KeySpec {
         name: "delete.retention.ms",
@@ -390,6 +417,10 @@ pub struct TopicConfig {
     pub index_interval_bytes: u64,
     pub preallocate: bool,
     pub file_delete_delay_ms: u64,
+    /// compression.type: the codec batches are stored in.
+    pub compression: CompressionType,
+    /// compression.<codec>.level of the codec recompression writes.
+    pub compression_levels: CompressionLevels,
 }
 
 impl TopicConfig {
@@ -430,6 +461,13 @@ impl TopicConfig {
             index_interval_bytes: long("index.interval.bytes").max(0) as u64,
             preallocate: get("preallocate").eq_ignore_ascii_case("true"),
             file_delete_delay_ms: long("file.delete.delay.ms").max(0) as u64,
+            compression: CompressionType::from_name(&get("compression.type"))
+                .unwrap_or(CompressionType::Producer),
+            compression_levels: CompressionLevels {
+                gzip: long("compression.gzip.level") as i32,
+                lz4: long("compression.lz4.level") as i32,
+                zstd: long("compression.zstd.level") as i32,
+            },
         }
     }
 }
@@ -543,6 +581,7 @@ pub fn apply_ops(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Codec;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -561,9 +600,17 @@ mod tests {
         assert!(validate("cleanup.policy", "compact")
             .unwrap_err()
             .contains("not available"));
-        assert!(validate("compression.type", "zstd")
-            .unwrap_err()
-            .contains("recompression"));
+        for codec in ["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"] {
+            assert!(validate("compression.type", codec).is_ok(), "{codec}");
+        }
+        assert!(validate("compression.type", "brotli").is_err());
+        assert!(validate("compression.gzip.level", "-1").is_ok());
+        assert!(validate("compression.gzip.level", "0").is_err());
+        assert!(validate("compression.gzip.level", "10").is_err());
+        assert!(validate("compression.lz4.level", "17").is_ok());
+        assert!(validate("compression.lz4.level", "18").is_err());
+        assert!(validate("compression.zstd.level", "-131072").is_ok());
+        assert!(validate("compression.zstd.level", "23").is_err());
         assert!(validate("message.timestamp.type", "LogAppendTime").is_ok());
         assert!(validate("message.timestamp.type", "Sometime").is_err());
         assert!(validate("unclean.leader.election.enable", "true").is_err());
@@ -614,6 +661,31 @@ mod tests {
         assert_eq!(
             effective_value("segment.bytes", &BTreeMap::new(), &broker, &dynamic).1,
             ValueSource::StaticBroker
+        );
+    }
+
+    #[test]
+    fn compression_resolves_from_topic_then_broker() {
+        let mut broker = Config::default();
+        let d = TopicConfig::resolve(&BTreeMap::new(), &broker);
+        assert_eq!(d.compression, CompressionType::Producer);
+        assert_eq!(d.compression_levels, CompressionLevels::default());
+        broker.compression_type = "lz4".into();
+        broker.compression_zstd_level = 7;
+        let b = TopicConfig::resolve(&BTreeMap::new(), &broker);
+        assert_eq!(b.compression, CompressionType::Codec(Codec::Lz4));
+        assert_eq!(b.compression_levels.zstd, 7);
+        let t = TopicConfig::resolve(
+            &map(&[
+                ("compression.type", "uncompressed"),
+                ("compression.gzip.level", "9"),
+            ]),
+            &broker,
+        );
+        assert_eq!(t.compression, CompressionType::Codec(Codec::None));
+        assert_eq!(
+            (t.compression_levels.gzip, t.compression_levels.lz4),
+            (9, 9)
         );
     }
 

@@ -151,6 +151,22 @@ pub struct Partition {
     group_commit: bool,
 }
 
+/// A produced (validated) batch as the topic stores it: the producer's
+/// bytes when their codec is the topic's compression.type (or that is
+/// `producer`), otherwise rewritten in the topic's codec, within the
+/// topic's max.message.bytes.
+fn stored_batch(
+    batch: &[u8],
+    config: &TopicConfig,
+    limits: &BatchLimits,
+) -> Result<BytesMut, BatchError> {
+    let codec = record::Codec::from_id(BatchHeader::parse(batch)?.compression_codec())?;
+    match config.compression.target_for(codec) {
+        None => Ok(BytesMut::from(batch)),
+        Some(target) => record::recompress(batch, target, &config.compression_levels, limits),
+    }
+}
+
 /// Limit of producer ids remembered per partition.
 pub const MAX_PRODUCERS: usize = crate::config::DEFAULT_MAX_PRODUCERS_PER_PARTITION;
 
@@ -358,7 +374,8 @@ impl Partition {
         };
         let produced = record::validate_produce(&records, &limits)?;
         check_timestamps(&produced, &config, crate::shard::wall_clock_ms())?;
-        let (first_base, end) = self.append_produced(&records, &produced).await?;
+        let batch = stored_batch(&records[..produced.size], &config, &limits)?;
+        let (first_base, end) = self.append_produced(batch, &produced).await?;
         if !self.dirty.replace(true) {
             mark_dirty(self.clone());
         }
@@ -393,7 +410,7 @@ impl Partition {
     /// durable or replicated to.
     async fn append_produced(
         self: &Rc<Self>,
-        records: &Bytes,
+        mut batch: BytesMut,
         produced: &record::ProducedBatch,
     ) -> Result<(i64, i64), PartitionError> {
         let _permit = self
@@ -407,7 +424,6 @@ impl Partition {
         if !self.is_leader() {
             return Err(PartitionError::NotLeaderOrFollower);
         }
-        let mut batch = BytesMut::from(&records[..produced.size]);
         record::normalize_header(&mut batch, produced);
         if self.config.borrow().log_append_time {
             record::set_log_append_time(&mut batch, crate::shard::wall_clock_ms());

@@ -130,6 +130,16 @@ fn static_broker_configs(shard: &Shard) -> Vec<DescribeConfigsResourceResult> {
         ("socket.request.max.bytes", c.max_request_bytes.to_string()),
         ("default.replication.factor", "1".to_string()),
         ("offsets.topic.replication.factor", "1".to_string()),
+        ("compression.type", c.compression_type.clone()),
+        (
+            "compression.gzip.level",
+            c.compression_gzip_level.to_string(),
+        ),
+        ("compression.lz4.level", c.compression_lz4_level.to_string()),
+        (
+            "compression.zstd.level",
+            c.compression_zstd_level.to_string(),
+        ),
     ]
     .iter()
     .map(|(k, v)| entry(k, v, SOURCE_STATIC_BROKER))

@@ -457,7 +457,11 @@ fn batch_error_code(e: &BatchError) -> ResponseError {
         // any other magic as corrupt.
         BatchError::BadMagic(0 | 1) => ResponseError::InvalidRecord,
         BatchError::BadMagic(_) => ResponseError::CorruptMessage,
-        BatchError::TooLarge(_) => ResponseError::MessageTooLarge,
+        // Kafka checks the size again after recompression
+        // (RecordTooLargeException).
+        BatchError::TooLarge(_) | BatchError::RecompressedTooLarge { .. } => {
+            ResponseError::MessageTooLarge
+        }
         BatchError::UnsupportedCompression(_) => ResponseError::UnsupportedCompressionType,
         BatchError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp,
         BatchError::Truncated(_)

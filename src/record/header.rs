@@ -12,7 +12,7 @@ pub const LOG_OVERHEAD: usize = 12;
 pub const NO_TIMESTAMP: i64 = -1;
 
 const BASE_OFFSET: usize = 0;
-const BATCH_LENGTH: usize = 8;
+pub(super) const BATCH_LENGTH: usize = 8;
 const PARTITION_LEADER_EPOCH: usize = 12;
 pub(super) const MAGIC: usize = 16;
 const CRC: usize = 17;
@@ -205,7 +205,7 @@ pub fn assign_offsets(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
 
 /// Writes the CRC32C of everything after it (the batch is `batch_length`
 /// long, or as long as the slice if shorter).
-fn update_crc(batch: &mut [u8]) {
+pub(super) fn update_crc(batch: &mut [u8]) {
     let size = (LOG_OVERHEAD + be_i32(batch, BATCH_LENGTH).max(0) as usize).min(batch.len());
     let crc = crc32c::crc32c(&batch[ATTRIBUTES..size]);
     batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());

@@ -1,8 +1,9 @@
 //! Record batches (magic v2): the header view and offset assignment
 //! (`header`), produce-side validation as strict as Kafka's LogValidator
 //! (`validate`), bounded decompression (`compression`), bounded record
-//! iteration for the paths that need single records (`records`), and the
-//! record sets of fetch responses (`set`).
+//! iteration for the paths that need single records (`records`), the
+//! record sets of fetch responses (`set`), and the rewrite of a batch in
+//! its topic's codec (`recompress`, compression.type).
 //!
 //! Pure functions over byte slices; any shard may call them. The produce
 //! path checks the header and CRC32C, parses every record (decompressing
@@ -11,6 +12,7 @@
 
 mod compression;
 mod header;
+mod recompress;
 mod records;
 mod set;
 mod validate;
@@ -22,6 +24,7 @@ pub use header::{
     assign_offsets, set_log_append_time, set_timestamps, split_replicated, validate_batch,
     BatchHeader, BATCH_HEADER_BYTES, LOG_OVERHEAD, NO_TIMESTAMP,
 };
+pub use recompress::{recompress, CompressionLevels, CompressionType};
 pub use records::{
     batch_records, readable_records, record_positions, BatchRecords, Record, RecordPosition,
 };
@@ -50,6 +53,8 @@ pub enum BatchError {
     CorruptCompressed { codec: Codec, reason: String },
     #[error("record batch decompresses to more than {limit} bytes")]
     DecompressedTooLarge { limit: usize },
+    #[error("record batch in the topic's codec is larger than max.message.bytes ({limit})")]
+    RecompressedTooLarge { limit: usize },
     #[error("record {index} of the batch is invalid: {reason}")]
     BadRecord { index: i32, reason: &'static str },
     #[error("record batch timestamps are invalid: {0}")]

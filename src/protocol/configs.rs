@@ -115,7 +115,9 @@ fn topic_configs(
     Ok(out)
 }
 
-/// The broker's static settings (read-only).
+/// The broker's static settings (read-only). The topic configs' broker
+/// synonyms (compression.type, message.max.bytes...) are dynamic and
+/// listed by [`broker_configs`] with their sources.
 fn static_broker_configs(shard: &Shard) -> Vec<DescribeConfigsResourceResult> {
     let c = &shard.config;
     [
@@ -130,16 +132,6 @@ fn static_broker_configs(shard: &Shard) -> Vec<DescribeConfigsResourceResult> {
         ("socket.request.max.bytes", c.max_request_bytes.to_string()),
         ("default.replication.factor", "1".to_string()),
         ("offsets.topic.replication.factor", "1".to_string()),
-        ("compression.type", c.compression_type.clone()),
-        (
-            "compression.gzip.level",
-            c.compression_gzip_level.to_string(),
-        ),
-        ("compression.lz4.level", c.compression_lz4_level.to_string()),
-        (
-            "compression.zstd.level",
-            c.compression_zstd_level.to_string(),
-        ),
     ]
     .iter()
     .map(|(k, v)| entry(k, v, SOURCE_STATIC_BROKER))

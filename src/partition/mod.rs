@@ -12,6 +12,7 @@
 //! `replicated.rs`, over the pure state of `replica.rs` and `epochs.rs`.
 
 mod cache;
+mod cleaner;
 mod replicated;
 mod retention;
 mod write;
@@ -32,6 +33,7 @@ use thiserror::Error;
 
 use cache::BatchCache;
 pub use cache::{CacheBudget, CACHE_ENTRY_OVERHEAD_BYTES};
+pub use cleaner::{CleanStats, CleanerContext};
 use epochs::LeaderEpochCache;
 use replica::{AckState, ReplicaState};
 pub use replicated::{Assignment, FollowerRead};
@@ -149,6 +151,8 @@ pub struct Partition {
     /// Flush policy group commit: data counts as durable (for acks and the
     /// high watermark) only after an fdatasync; otherwise after the write.
     group_commit: bool,
+    /// The log cleaner's progress (`cleaner.rs`).
+    cleaner: cleaner::CleanerState,
 }
 
 /// Limit of producer ids remembered per partition.
@@ -251,6 +255,7 @@ impl Partition {
                 &crate::config::Config::default(),
             )),
             group_commit,
+            cleaner: cleaner::CleanerState::new(checkpoint.cleaner_offset),
         }))
     }
 
@@ -281,6 +286,7 @@ impl Partition {
             recovery_point: self.synced_end.get(),
             high_watermark: self.high_watermark(),
             log_start_offset: self.log_start_offset(),
+            cleaner_offset: self.cleaner.first_dirty_offset.get(),
         }
     }
     pub fn log_end_offset(&self) -> i64 {
@@ -358,6 +364,7 @@ impl Partition {
         };
         let produced = record::validate_produce(&records, &limits)?;
         check_timestamps(&produced, &config, crate::shard::wall_clock_ms())?;
+        cleaner::check_keys(&config, &records, limits.max_decompressed_bytes)?;
         let (first_base, end) = self.append_produced(&records, &produced).await?;
         if !self.dirty.replace(true) {
             mark_dirty(self.clone());

@@ -11,6 +11,7 @@
 
 mod compression;
 mod header;
+pub mod rebuild;
 mod records;
 mod set;
 mod validate;

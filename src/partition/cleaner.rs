@@ -160,6 +160,10 @@ impl Partition {
         let segs = self.segment_refs();
         let cleanable = &segs[..c.segments];
         let (map, map_end) = self.build_offset_map(cleanable, &c, cx).await?;
+        if map.is_empty() && map_end < c.first_uncleanable_offset {
+            tracing::warn!(topic = %self.topic, partition = self.index, offset = map_end, "the cleaner's offset map cannot hold one batch's keys; raise log_cleaner_dedupe_buffer_bytes");
+            return Ok(CleanStats::default());
+        }
         let rules = PassRules {
             map_end,
             now_ms,

@@ -238,6 +238,7 @@ async fn shard_main(
     shard.start_disk_watcher();
     shard.start_replica_ticker();
     shard.start_retention();
+    shard.start_cleaner();
     all_reach(&phases.recovered, count).await;
     if id == 0 {
         shard.start_checkpointer();

@@ -67,8 +67,8 @@ def test_invalid_and_unknown_configs_are_refused(broker):
     for entry, why in [
         (ConfigEntry("no.such.config", "1", incremental_operation=AlterConfigOpType.SET), "unknown"),
         (ConfigEntry("retention.ms", "soon", incremental_operation=AlterConfigOpType.SET), "retention.ms"),
-        (ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.SET),
-         "not available"),
+        (ConfigEntry("cleanup.policy", "compact,shred", incremental_operation=AlterConfigOpType.SET),
+         "cleanup.policy"),
         (ConfigEntry("unclean.leader.election.enable", "true",
                      incremental_operation=AlterConfigOpType.SET), "unclean"),
     ]:

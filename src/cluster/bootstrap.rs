@@ -167,6 +167,7 @@ pub fn cluster_config(config: &Config) -> Result<ClusterConfig> {
             default_replication_factor: config.default_replication_factor,
             offsets_topic_partitions: config.offsets_topic_partitions,
             offsets_topic_replication_factor: offsets_rf,
+            offsets_topic_segment_bytes: config.offsets_topic_segment_bytes,
         },
         quorum: QuorumConfig {
             node_id: node,

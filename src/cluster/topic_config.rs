@@ -103,11 +103,8 @@ fn check_ratio(v: &str) -> Result<(), String> {
 }
 fn check_cleanup_policy(v: &str) -> Result<(), String> {
     let parts: Vec<&str> = v.split(',').map(str::trim).collect();
-    if parts.iter().all(|p| *p == "delete") {
-        return Ok(());
-    }
     if parts.iter().all(|p| matches!(*p, "delete" | "compact")) {
-        return Err("compaction (cleanup.policy=compact) is not available in ringtail yet".into());
+        return Ok(());
     }
     Err("must be a list of delete and compact".into())
 }
@@ -400,9 +397,15 @@ pub fn validate_all(configs: &BTreeMap<String, String>) -> Result<(), String> {
 /// A topic's configs as the partitions apply them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopicConfig {
-    /// cleanup.policy includes delete: retention applies. (The internal
-    /// `__consumer_offsets` is created compact and keeps everything.)
+    /// cleanup.policy includes delete: retention applies.
     pub cleanup_delete: bool,
+    /// cleanup.policy includes compact: the log cleaner applies, with
+    /// the four settings below (`log/cleaner/`).
+    pub cleanup_compact: bool,
+    pub delete_retention_ms: i64,
+    pub min_cleanable_dirty_ratio: f64,
+    pub min_compaction_lag_ms: i64,
+    pub max_compaction_lag_ms: i64,
     pub max_message_bytes: usize,
     pub log_append_time: bool,
     pub timestamp_before_max_ms: i64,
@@ -448,6 +451,14 @@ impl TopicConfig {
             .unwrap_or_else(|| get("cleanup.policy"));
         TopicConfig {
             cleanup_delete: policy.split(',').any(|p| p.trim() == "delete"),
+            cleanup_compact: policy.split(',').any(|p| p.trim() == "compact"),
+            delete_retention_ms: long("delete.retention.ms").max(0),
+            min_cleanable_dirty_ratio: get("min.cleanable.dirty.ratio")
+                .trim()
+                .parse::<f64>()
+                .unwrap_or(0.5),
+            min_compaction_lag_ms: long("min.compaction.lag.ms").max(0),
+            max_compaction_lag_ms: long("max.compaction.lag.ms").max(1),
             max_message_bytes: long("max.message.bytes") as usize,
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
             timestamp_before_max_ms: long("message.timestamp.before.max.ms"),
@@ -597,9 +608,9 @@ mod tests {
         assert!(validate("no.such.key", "1")
             .unwrap_err()
             .contains("unknown topic config"));
-        assert!(validate("cleanup.policy", "compact")
-            .unwrap_err()
-            .contains("not available"));
+        assert!(validate("cleanup.policy", "compact").is_ok());
+        assert!(validate("cleanup.policy", "compact,delete").is_ok());
+        assert!(validate("cleanup.policy", "compact,shred").is_err());
         for codec in ["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"] {
             assert!(validate("compression.type", codec).is_ok(), "{codec}");
         }
@@ -687,6 +698,37 @@ mod tests {
             (t.compression_levels.gzip, t.compression_levels.lz4),
             (9, 9)
         );
+    }
+
+    #[test]
+    fn compaction_settings_resolve() {
+        let broker = Config::default();
+        let d = TopicConfig::resolve(&BTreeMap::new(), &broker);
+        assert!(d.cleanup_delete && !d.cleanup_compact);
+        assert_eq!(
+            (
+                d.delete_retention_ms,
+                d.min_compaction_lag_ms,
+                d.max_compaction_lag_ms
+            ),
+            (86_400_000, 0, LONG_MAX)
+        );
+        assert_eq!(d.min_cleanable_dirty_ratio, 0.5);
+        let both = TopicConfig::resolve(
+            &map(&[
+                ("cleanup.policy", "compact,delete"),
+                ("min.cleanable.dirty.ratio", "0.01"),
+                ("delete.retention.ms", "100"),
+            ]),
+            &broker,
+        );
+        assert!(both.cleanup_delete && both.cleanup_compact);
+        assert_eq!(
+            (both.min_cleanable_dirty_ratio, both.delete_retention_ms),
+            (0.01, 100)
+        );
+        let compact = TopicConfig::resolve(&map(&[("cleanup.policy", "compact")]), &broker);
+        assert!(compact.cleanup_compact && !compact.cleanup_delete);
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //!   restored at open (capped by the log end).
 //! - `log-start-offset-checkpoint`: per partition, its log start offset,
 //!   restored at open (within the log's segments).
+//! - `cleaner-offset-checkpoint`: per compacted partition, the first offset
+//!   the log cleaner has not cleaned (the start of the dirty section).
 //!
-//! Shard 0 writes all three every `checkpoint_interval_ms` and once more
+//! Shard 0 writes all four every `checkpoint_interval_ms` and once more
 //! after a clean shutdown closed every partition, each atomically (temp
 //! file, fsync, rename, directory fsync). They are read once at start-up,
 //! before any shard opens a partition; an entry is taken by the first
@@ -30,6 +32,7 @@ use super::LogError;
 pub const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
 pub const REPLICATION_OFFSET_FILE: &str = "replication-offset-checkpoint";
 pub const LOG_START_OFFSET_FILE: &str = "log-start-offset-checkpoint";
+pub const CLEANER_OFFSET_FILE: &str = "cleaner-offset-checkpoint";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("offset checkpoint is malformed: {0}")]
@@ -44,6 +47,8 @@ pub struct PartitionCheckpoint {
     pub recovery_point: i64,
     pub high_watermark: i64,
     pub log_start_offset: i64,
+    /// First offset not yet cleaned (-1: none, or not compacted).
+    pub cleaner_offset: i64,
 }
 
 impl PartitionCheckpoint {
@@ -51,6 +56,7 @@ impl PartitionCheckpoint {
         recovery_point: -1,
         high_watermark: -1,
         log_start_offset: -1,
+        cleaner_offset: -1,
     };
 }
 
@@ -97,12 +103,13 @@ pub fn decode(text: &str) -> Result<OffsetMap, CheckpointError> {
     Ok(out)
 }
 
-/// The three files as read at start-up.
+/// The four files as read at start-up.
 #[derive(Debug, Default)]
 pub struct Checkpoints {
     recovery_points: OffsetMap,
     high_watermarks: OffsetMap,
     log_start_offsets: OffsetMap,
+    cleaner_offsets: OffsetMap,
 }
 
 impl Checkpoints {
@@ -127,6 +134,7 @@ impl Checkpoints {
             recovery_points: read(RECOVERY_POINT_FILE),
             high_watermarks: read(REPLICATION_OFFSET_FILE),
             log_start_offsets: read(LOG_START_OFFSET_FILE),
+            cleaner_offsets: read(CLEANER_OFFSET_FILE),
         }
     }
 
@@ -137,6 +145,7 @@ impl Checkpoints {
             recovery_point: self.recovery_points.remove(&key).unwrap_or(-1),
             high_watermark: self.high_watermarks.remove(&key).unwrap_or(-1),
             log_start_offset: self.log_start_offsets.remove(&key).unwrap_or(-1),
+            cleaner_offset: self.cleaner_offsets.remove(&key).unwrap_or(-1),
         }
     }
 
@@ -147,6 +156,7 @@ impl Checkpoints {
             &mut self.recovery_points,
             &mut self.high_watermarks,
             &mut self.log_start_offsets,
+            &mut self.cleaner_offsets,
         ] {
             map.retain(|(t, p), _| owns(t, *p));
         }
@@ -161,20 +171,30 @@ pub struct CheckpointEntry {
     pub offsets: PartitionCheckpoint,
 }
 
-/// Writes the three files from the entries of every partition served.
+/// Writes the four files from the entries of every partition served (the
+/// cleaner's only for partitions that have a cleaner offset).
 pub async fn write_all(data_dir: &Path, entries: &[CheckpointEntry]) -> Result<(), LogError> {
-    let mut maps = [OffsetMap::new(), OffsetMap::new(), OffsetMap::new()];
+    let mut maps = [
+        OffsetMap::new(),
+        OffsetMap::new(),
+        OffsetMap::new(),
+        OffsetMap::new(),
+    ];
     for e in entries {
         let key = (e.topic.clone(), e.partition);
         let o = e.offsets;
         maps[0].insert(key.clone(), o.recovery_point);
         maps[1].insert(key.clone(), o.high_watermark);
-        maps[2].insert(key, o.log_start_offset);
+        maps[2].insert(key.clone(), o.log_start_offset);
+        if o.cleaner_offset >= 0 {
+            maps[3].insert(key, o.cleaner_offset);
+        }
     }
     let names = [
         RECOVERY_POINT_FILE,
         REPLICATION_OFFSET_FILE,
         LOG_START_OFFSET_FILE,
+        CLEANER_OFFSET_FILE,
     ];
     for (name, map) in names.iter().zip(&maps) {
         write_file_atomic(&data_dir.join(name), encode(map).as_bytes()).await?;
@@ -224,6 +244,7 @@ mod tests {
                 recovery_point: o,
                 high_watermark: o - 1,
                 log_start_offset: o - 2,
+                cleaner_offset: o - 3,
             },
         };
         let path = dir.path().to_owned();
@@ -246,8 +267,13 @@ mod tests {
         );
         let a = c.take("a", 0);
         assert_eq!(
-            (a.recovery_point, a.high_watermark, a.log_start_offset),
-            (10, 9, 8)
+            (
+                a.recovery_point,
+                a.high_watermark,
+                a.log_start_offset,
+                a.cleaner_offset
+            ),
+            (10, 9, 8, 7)
         );
         assert_eq!(c.take("a", 0), PartitionCheckpoint::NONE, "taken once");
         std::fs::write(dir.path().join(RECOVERY_POINT_FILE), "garbage").unwrap();

@@ -6,6 +6,7 @@
 //! syncs, rolls) under its io lock so no RefCell borrow is held across an await.
 
 pub mod checkpoint;
+pub mod cleaner;
 pub mod index;
 pub mod lock;
 pub mod retention;
@@ -188,6 +189,7 @@ impl Log {
         mut on_batch: impl FnMut(&BatchHeader),
     ) -> Result<Log, LogError> {
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create dir", &dir, e))?;
+        cleaner::recover_swaps(&dir)?;
         remove_deleted_files(&dir)?;
         let bases = segment_bases(&dir)?;
         let mut segments: Vec<Segment> = Vec::new();

@@ -44,9 +44,13 @@ pub fn deletable(segments: &[SegmentInfo], limits: Limits) -> usize {
         if s.next_offset > limits.high_watermark {
             break;
         }
-        let expired = limits.retention_ms >= 0
-            && s.max_timestamp >= 0
-            && limits.now_ms.saturating_sub(s.max_timestamp) > limits.retention_ms;
+        // A segment the cleaner emptied holds nothing to keep and would
+        // otherwise stop time retention at its missing timestamp.
+        let emptied = s.size == 0 && limits.retention_ms >= 0;
+        let expired = emptied
+            || limits.retention_ms >= 0
+                && s.max_timestamp >= 0
+                && limits.now_ms.saturating_sub(s.max_timestamp) > limits.retention_ms;
         let over_size = excess - s.size as i64 >= 0 && limits.retention_bytes >= 0;
         if !(expired || over_size) {
             break;
@@ -110,6 +114,14 @@ mod tests {
             deletable(&[seg(0, 10, 100, -1), seg(10, 11, 1, 1)], limits(0, -1, 11)),
             0
         );
+        // A segment compaction emptied does not hold time retention back.
+        let compacted = [
+            seg(0, 10, 0, -1),
+            seg(10, 20, 100, 1_000),
+            seg(20, 30, 1, 9_999),
+        ];
+        assert_eq!(deletable(&compacted, limits(5_000, -1, 30)), 2);
+        assert_eq!(deletable(&compacted, limits(-1, -1, 30)), 0);
     }
 
     #[test]

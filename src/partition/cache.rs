@@ -106,6 +106,17 @@ impl BatchCache {
 }
 
 impl BatchCache {
+    /// Drops batches that end below `offset` (the cleaner rewrote them).
+    pub(super) fn drop_below(&mut self, offset: i64) {
+        while self
+            .batches
+            .front()
+            .is_some_and(|(_, last, _)| *last < offset)
+        {
+            self.batches.pop_front();
+        }
+    }
+
     /// Drops batches at or past `offset` (the log was cut there).
     pub(super) fn truncate(&mut self, offset: i64) {
         while self

@@ -12,6 +12,7 @@
 //! `replicated.rs`, over the pure state of `replica.rs` and `epochs.rs`.
 
 mod cache;
+mod cleaner;
 mod replicated;
 mod retention;
 mod write;
@@ -32,6 +33,7 @@ use thiserror::Error;
 
 use cache::BatchCache;
 pub use cache::{CacheBudget, CACHE_ENTRY_OVERHEAD_BYTES};
+pub use cleaner::{CleanStats, CleanerContext};
 use epochs::LeaderEpochCache;
 use replica::{AckState, ReplicaState};
 pub use replicated::{Assignment, FollowerFetch, FollowerRead};
@@ -149,6 +151,8 @@ pub struct Partition {
     /// Flush policy group commit: data counts as durable (for acks and the
     /// high watermark) only after an fdatasync; otherwise after the write.
     group_commit: bool,
+    /// The log cleaner's progress (`cleaner.rs`).
+    cleaner: cleaner::CleanerState,
 }
 
 /// A produced (validated) batch as the topic stores it: the producer's
@@ -267,6 +271,7 @@ impl Partition {
                 &crate::config::Config::default(),
             )),
             group_commit,
+            cleaner: cleaner::CleanerState::new(checkpoint.cleaner_offset),
         }))
     }
 
@@ -297,6 +302,7 @@ impl Partition {
             recovery_point: self.synced_end.get(),
             high_watermark: self.high_watermark(),
             log_start_offset: self.log_start_offset(),
+            cleaner_offset: self.cleaner.first_dirty_offset.get(),
         }
     }
     pub fn log_end_offset(&self) -> i64 {
@@ -374,6 +380,7 @@ impl Partition {
         };
         let produced = record::validate_produce(&records, &limits)?;
         check_timestamps(&produced, &config, crate::shard::wall_clock_ms())?;
+        cleaner::check_keys(&config, &records, limits.max_decompressed_bytes)?;
         let batch = stored_batch(&records[..produced.size], &config, &limits)?;
         let (first_base, end) = self.append_produced(batch, &produced).await?;
         if !self.dirty.replace(true) {

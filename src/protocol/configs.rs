@@ -132,6 +132,27 @@ fn static_broker_configs(shard: &Shard) -> Vec<DescribeConfigsResourceResult> {
         ("socket.request.max.bytes", c.max_request_bytes.to_string()),
         ("default.replication.factor", "1".to_string()),
         ("offsets.topic.replication.factor", "1".to_string()),
+        ("log.cleaner.enable", "true".to_string()),
+        (
+            "log.cleaner.backoff.ms",
+            c.log_cleaner_backoff_ms.to_string(),
+        ),
+        (
+            "log.cleaner.io.max.bytes.per.second",
+            c.log_cleaner_io_max_bytes_per_second.to_string(),
+        ),
+        (
+            "log.cleaner.dedupe.buffer.size",
+            c.log_cleaner_dedupe_buffer_bytes.to_string(),
+        ),
+        (
+            "log.cleaner.io.buffer.size",
+            c.log_cleaner_io_buffer_bytes.to_string(),
+        ),
+        (
+            "offsets.topic.segment.bytes",
+            c.offsets_topic_segment_bytes.to_string(),
+        ),
     ]
     .iter()
     .map(|(k, v)| entry(k, v, SOURCE_STATIC_BROKER))

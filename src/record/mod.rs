@@ -12,6 +12,7 @@
 
 mod compression;
 mod header;
+pub mod rebuild;
 mod recompress;
 mod records;
 mod set;

@@ -164,6 +164,7 @@ impl Sim {
                 default_replication_factor: 3,
                 offsets_topic_partitions: 1,
                 offsets_topic_replication_factor: 3,
+                offsets_topic_segment_bytes: 100 << 20,
             },
             Box::new(move || Uuid::from_u64_pair(ids.next(), ids.next())),
         );

@@ -481,6 +481,55 @@ impl Shard {
         .detach();
     }
 
+    /// Every `log_cleaner_backoff_ms`: compaction of this shard's
+    /// compacted partitions, the dirtiest due one first, each at most once
+    /// per round (`partition/cleaner.rs`).
+    pub fn start_cleaner(self: &Rc<Self>) {
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            let cx = crate::partition::CleanerContext::new(&shard.config, shard.count);
+            let interval = Duration::from_millis(shard.config.log_cleaner_backoff_ms);
+            loop {
+                glommio::timer::sleep(interval).await;
+                if shard.shutting_down.get() {
+                    return;
+                }
+                shard.clean_round(&cx).await;
+            }
+        })
+        .detach();
+    }
+
+    async fn clean_round(&self, cx: &crate::partition::CleanerContext) {
+        let mut done: Vec<Rc<Partition>> = Vec::new();
+        loop {
+            let now = wall_clock_ms();
+            let candidates: Vec<_> = self
+                .local_partitions()
+                .into_iter()
+                .filter(|p| !done.iter().any(|d| Rc::ptr_eq(d, p)))
+                .filter_map(|p| p.cleanable(now).map(|c| (p, c)))
+                .collect();
+            let views: Vec<_> = candidates.iter().map(|(_, c)| *c).collect();
+            let Some(i) = crate::log::cleaner::plan::dirtiest(&views) else {
+                return;
+            };
+            let p = candidates[i].0.clone();
+            match p.clean(now, cx).await {
+                Ok(s) => {
+                    tracing::info!(topic = %p.topic, partition = p.index, groups = s.groups, keys = s.keys, bytes_before = s.bytes_before, bytes_after = s.bytes_after, records_read = s.records.records_read, records_kept = s.records.records_kept, tombstones_dropped = s.records.tombstones_dropped, "log cleaned")
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "log cleaner")
+                }
+            }
+            done.push(p);
+            if self.shutting_down.get() {
+                return;
+            }
+        }
+    }
+
     /// A producer id from this node's block (allocated by the controller).
     pub async fn allocate_producer_id(self: &Rc<Self>) -> Result<i64, ControllerError> {
         self.invoke_on(0, |s: Rc<Shard>| async move {

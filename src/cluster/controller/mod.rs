@@ -47,6 +47,8 @@ pub struct ControllerConfig {
     pub offsets_topic_partitions: i32,
     /// Capped by the active brokers when `__consumer_offsets` is created.
     pub offsets_topic_replication_factor: i32,
+    /// segment.bytes given to `__consumer_offsets` when it is created.
+    pub offsets_topic_segment_bytes: u64,
 }
 
 /// Why a request was refused; protocol/ maps each to its Kafka error code.

@@ -25,6 +25,7 @@ impl Harness {
             default_replication_factor: 1,
             offsets_topic_partitions: 4,
             offsets_topic_replication_factor: 3,
+            offsets_topic_segment_bytes: 100 << 20,
         };
         Harness {
             controller: Controller::new(

@@ -125,9 +125,15 @@ impl Controller {
             partitions: self.config.offsets_topic_partitions,
             replication_factor: self.config.offsets_topic_replication_factor,
             assignments: Vec::new(),
-            configs: [("cleanup.policy".to_string(), "compact".to_string())]
-                .into_iter()
-                .collect(),
+            configs: [
+                ("cleanup.policy".to_string(), "compact".to_string()),
+                (
+                    "segment.bytes".to_string(),
+                    self.config.offsets_topic_segment_bytes.to_string(),
+                ),
+            ]
+            .into_iter()
+            .collect(),
         };
         match self.plan_topic(image, &topic, total_partitions(image)) {
             Ok((_, records)) => Decision::ready(records, ControllerReply::Done),

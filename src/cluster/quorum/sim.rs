@@ -103,6 +103,7 @@ fn controller(seed: u64, node: NodeId) -> Controller {
             default_replication_factor: 2,
             offsets_topic_partitions: 3,
             offsets_topic_replication_factor: 3,
+            offsets_topic_segment_bytes: 100 << 20,
         },
         Box::new(move || Uuid::from_u64_pair(ids.next(), ids.next())),
     )

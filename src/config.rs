@@ -351,6 +351,8 @@ pub struct Config {
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
     pub group_initial_rebalance_delay_ms: u64,
+    /// The consumer lag monitor; see [`LagConfig`].
+    pub lag: LagConfig,
 }
 
 impl Default for Config {
@@ -403,6 +405,7 @@ impl Default for Config {
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
             group_initial_rebalance_delay_ms: DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS,
+            lag: LagConfig::default(),
         }
     }
 }
@@ -475,6 +478,7 @@ impl Config {
             return bad("max_in_flight_per_connection and index_interval_bytes must be > 0".into());
         }
         self.validate_budgets()?;
+        self.lag.validate()?;
         self.validate_cluster()
     }
 
@@ -638,4 +642,73 @@ pub fn physical_memory_bytes() -> Option<u64> {
         )
     };
     (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
+}
+
+// ---- Consumer lag evaluation (src/lag/): the `[lag]` table ----
+
+/// How often the broker's lag monitor samples its cluster's consumer groups
+/// (committed offsets and log end offsets). The Java consumer auto-commits
+/// every 5 s, so sampling faster mostly sees the same offsets again.
+pub const DEFAULT_LAG_SAMPLE_INTERVAL_MS: u64 = 5_000;
+/// Samples kept per partition: the window Burrow's rules judge (its
+/// `intervals`, also 10). With the default interval a window spans 45-50 s.
+pub const DEFAULT_LAG_WINDOW_SAMPLES: usize = 10;
+/// Ceiling for `lag.window_samples`.
+pub const MAX_LAG_WINDOW_SAMPLES: usize = 1_000;
+/// Groups the lag monitor tracks; groups beyond it are not evaluated (and
+/// logged) rather than growing the monitor's memory with the cluster.
+pub const DEFAULT_LAG_MAX_GROUPS: usize = 10_000;
+/// Partitions (of all tracked groups together) the lag monitor tracks. A
+/// partition's window costs about 32 bytes a sample plus its key: 100,000
+/// partitions of 10 samples hold about 40 MiB.
+pub const DEFAULT_LAG_MAX_PARTITIONS: usize = 100_000;
+/// Sampling interval of `ringtail groups lag` when `--interval-ms` is not
+/// given: an operator waits `--samples` times this for the answer.
+pub const DEFAULT_LAG_CLI_SAMPLE_INTERVAL_MS: u64 = 1_000;
+/// Groups asked about in one FindCoordinator, DescribeGroups or
+/// OffsetFetch of a sampling round: bounds each request and response (an
+/// OffsetFetch answer for 100 groups of 100 partitions is about 300 KiB).
+pub const LAG_SAMPLER_GROUPS_PER_REQUEST: usize = 100;
+const _: () = assert!(
+    DEFAULT_LAG_WINDOW_SAMPLES >= 2 && DEFAULT_LAG_WINDOW_SAMPLES <= MAX_LAG_WINDOW_SAMPLES
+);
+
+/// The consumer lag monitor (`[lag]` in the TOML file).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LagConfig {
+    /// Run the broker's lag monitor (it serves /v3/kafka/local/consumer...).
+    pub enabled: bool,
+    pub sample_interval_ms: u64,
+    pub window_samples: usize,
+    pub max_groups: usize,
+    pub max_partitions: usize,
+}
+
+impl Default for LagConfig {
+    fn default() -> Self {
+        LagConfig {
+            enabled: true,
+            sample_interval_ms: DEFAULT_LAG_SAMPLE_INTERVAL_MS,
+            window_samples: DEFAULT_LAG_WINDOW_SAMPLES,
+            max_groups: DEFAULT_LAG_MAX_GROUPS,
+            max_partitions: DEFAULT_LAG_MAX_PARTITIONS,
+        }
+    }
+}
+
+impl LagConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if !(10..=3_600_000).contains(&self.sample_interval_ms) {
+            return bad("lag.sample_interval_ms must be in 10..=3600000");
+        }
+        if !(2..=MAX_LAG_WINDOW_SAMPLES).contains(&self.window_samples) {
+            return bad("lag.window_samples must be in 2..=1000");
+        }
+        if self.max_groups == 0 || self.max_partitions == 0 {
+            return bad("lag.max_groups and lag.max_partitions must be at least 1");
+        }
+        Ok(())
+    }
 }

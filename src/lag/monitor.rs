@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::evaluator::{GroupStatus, LagError, LagEvaluator};
 use super::sampler::{Round, Sampler};
@@ -17,9 +17,10 @@ use crate::config::{Config, LagConfig};
 
 /// Longest the sampler thread sleeps between two looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
-/// Failed rounds in a row before the monitor warns (the first ones happen
-/// while the broker starts or the cluster moves).
-const FAILED_ROUNDS_BEFORE_WARNING: u32 = 3;
+/// How long sampling may keep failing before the monitor warns: rounds fail
+/// while the broker starts (a node listens only once a quorum registered
+/// it, up to `server::STARTUP_CLUSTER_WAIT`) or the cluster moves.
+const FAILING_BEFORE_WARNING: Duration = Duration::from_secs(60);
 
 pub struct LagMonitor {
     evaluator: Mutex<LagEvaluator>,
@@ -90,22 +91,25 @@ impl LagMonitor {
     fn run(&self, bootstrap: &str, config: &LagConfig) {
         let mut sampler = Sampler::new(bootstrap, "ringtail-lag-monitor");
         let interval = Duration::from_millis(config.sample_interval_ms);
-        let mut failed_rounds = 0u32;
+        let mut failing_since: Option<Instant> = None;
+        let mut warned = false;
         let mut refused_before = 0usize;
         while !self.stop.load(Ordering::SeqCst) {
             match sampler.sample(None, config.max_groups) {
                 Ok(round) => {
-                    failed_rounds = 0;
+                    (failing_since, warned) = (None, false);
                     let refused = apply_round(&mut self.evaluator(), &round, now_ms());
+                    tracing::debug!(groups = round.groups.len(), "lag monitor: round sampled");
                     if refused.len() > refused_before {
                         tracing::warn!(groups = refused.len(), first = %refused[0], "lag monitor: limits reached, some groups are not evaluated");
                     }
                     refused_before = refused.len();
                 }
                 Err(e) => {
-                    failed_rounds += 1;
-                    if failed_rounds == FAILED_ROUNDS_BEFORE_WARNING {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if !warned && since.elapsed() >= FAILING_BEFORE_WARNING {
                         tracing::warn!(error = %e, "lag monitor cannot sample the cluster");
+                        warned = true;
                     } else {
                         tracing::debug!(error = %e, "lag monitor: round failed");
                     }

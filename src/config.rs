@@ -452,6 +452,8 @@ pub struct Config {
     pub log_cleaner_dedupe_buffer_bytes: usize,
     pub log_cleaner_io_buffer_bytes: usize,
     pub offsets_topic_segment_bytes: u64,
+    /// The consumer lag monitor; see [`LagConfig`].
+    pub lag: LagConfig,
 }
 
 impl Default for Config {
@@ -513,6 +515,7 @@ impl Default for Config {
             log_cleaner_dedupe_buffer_bytes: DEFAULT_LOG_CLEANER_DEDUPE_BUFFER_BYTES,
             log_cleaner_io_buffer_bytes: DEFAULT_LOG_CLEANER_IO_BUFFER_BYTES,
             offsets_topic_segment_bytes: DEFAULT_OFFSETS_TOPIC_SEGMENT_BYTES,
+            lag: LagConfig::default(),
         }
     }
 }
@@ -586,6 +589,7 @@ impl Config {
         }
         self.validate_budgets()?;
         self.validate_cleaner()?;
+        self.lag.validate()?;
         self.validate_cluster()
     }
 
@@ -818,5 +822,74 @@ mod compression_tests {
         assert!(with(|c| c.compression_lz4_level = 18).is_err());
         assert!(with(|c| c.compression_zstd_level = -131_073).is_err());
         assert!(with(|c| c.compression_zstd_level = 22).is_ok());
+    }
+}
+
+// ---- Consumer lag evaluation (src/lag/): the `[lag]` table ----
+
+/// How often the broker's lag monitor samples its cluster's consumer groups
+/// (committed offsets and log end offsets). The Java consumer auto-commits
+/// every 5 s, so sampling faster mostly sees the same offsets again.
+pub const DEFAULT_LAG_SAMPLE_INTERVAL_MS: u64 = 5_000;
+/// Samples kept per partition: the window Burrow's rules judge (its
+/// `intervals`, also 10). With the default interval a window spans 45-50 s.
+pub const DEFAULT_LAG_WINDOW_SAMPLES: usize = 10;
+/// Ceiling for `lag.window_samples`.
+pub const MAX_LAG_WINDOW_SAMPLES: usize = 1_000;
+/// Groups the lag monitor tracks; groups beyond it are not evaluated (and
+/// logged) rather than growing the monitor's memory with the cluster.
+pub const DEFAULT_LAG_MAX_GROUPS: usize = 10_000;
+/// Partitions (of all tracked groups together) the lag monitor tracks. A
+/// partition's window costs about 32 bytes a sample plus its key: 100,000
+/// partitions of 10 samples hold about 40 MiB.
+pub const DEFAULT_LAG_MAX_PARTITIONS: usize = 100_000;
+/// Sampling interval of `ringtail groups lag` when `--interval-ms` is not
+/// given: an operator waits `--samples` times this for the answer.
+pub const DEFAULT_LAG_CLI_SAMPLE_INTERVAL_MS: u64 = 1_000;
+/// Groups asked about in one FindCoordinator, DescribeGroups or
+/// OffsetFetch of a sampling round: bounds each request and response (an
+/// OffsetFetch answer for 100 groups of 100 partitions is about 300 KiB).
+pub const LAG_SAMPLER_GROUPS_PER_REQUEST: usize = 100;
+const _: () = assert!(
+    DEFAULT_LAG_WINDOW_SAMPLES >= 2 && DEFAULT_LAG_WINDOW_SAMPLES <= MAX_LAG_WINDOW_SAMPLES
+);
+
+/// The consumer lag monitor (`[lag]` in the TOML file).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LagConfig {
+    /// Run the broker's lag monitor (it serves /v3/kafka/local/consumer...).
+    pub enabled: bool,
+    pub sample_interval_ms: u64,
+    pub window_samples: usize,
+    pub max_groups: usize,
+    pub max_partitions: usize,
+}
+
+impl Default for LagConfig {
+    fn default() -> Self {
+        LagConfig {
+            enabled: true,
+            sample_interval_ms: DEFAULT_LAG_SAMPLE_INTERVAL_MS,
+            window_samples: DEFAULT_LAG_WINDOW_SAMPLES,
+            max_groups: DEFAULT_LAG_MAX_GROUPS,
+            max_partitions: DEFAULT_LAG_MAX_PARTITIONS,
+        }
+    }
+}
+
+impl LagConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if !(10..=3_600_000).contains(&self.sample_interval_ms) {
+            return bad("lag.sample_interval_ms must be in 10..=3600000");
+        }
+        if !(2..=MAX_LAG_WINDOW_SAMPLES).contains(&self.window_samples) {
+            return bad("lag.window_samples must be in 2..=1000");
+        }
+        if self.max_groups == 0 || self.max_partitions == 0 {
+            return bad("lag.max_groups and lag.max_partitions must be at least 1");
+        }
+        Ok(())
     }
 }

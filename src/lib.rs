@@ -5,6 +5,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod group;
+pub mod lag;
 pub mod log;
 pub mod net;
 pub mod partition;

@@ -25,7 +25,7 @@ enum Command {
     Serve(ServeArgs),
     /// Kafka-protocol load generator (works against any Kafka-compatible broker).
     Bench(ringtail::bench::BenchArgs),
-    /// Inspect consumer groups: `groups list`, `groups describe GROUP`.
+    /// Inspect consumer groups: `groups list`, `groups describe GROUP`, `groups lag [GROUP]`.
     Groups(ringtail::group::cli::GroupsArgs),
     /// Salvage the intact batches of damaged partitions (broker stopped).
     Repair(ringtail::repair::RepairArgs),

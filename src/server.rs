@@ -164,6 +164,7 @@ pub fn run(config: Config) -> Result<()> {
     let count = config.shard_count();
     let phases = Arc::new(Phases::default());
     install_signal_handler(phases.clone())?;
+    let lag_monitor = crate::lag::monitor::start(&config).context("starting the lag monitor")?;
     let mesh = MeshBuilder::<Job, _>::full(count, MESH_CHANNEL_CAPACITY);
     let cpus = Arc::new(placement::allowed_cpus());
     tracing::debug!(?cpus, shards = count, "allowed CPUs");
@@ -193,6 +194,9 @@ pub fn run(config: Config) -> Result<()> {
             Ok(Err(e)) => failed.push(format!("{e:#}")),
             Err(e) => failed.push(format!("shard executor failed: {e}")),
         }
+    }
+    if let Some(m) = &lag_monitor {
+        m.stop();
     }
     if failed.is_empty() {
         tracing::info!("stopped cleanly");

@@ -1,6 +1,7 @@
 //! `ringtail groups list` and `ringtail groups describe GROUP`: consumer
 //! groups of any Kafka-compatible broker, with committed offset, log end
-//! offset and lag per partition (like kafka-consumer-groups --describe).
+//! offset and lag per partition (like kafka-consumer-groups --describe);
+//! `ringtail groups lag` (lag/cli.rs) evaluates their lag over time.
 
 use std::collections::BTreeMap;
 
@@ -13,8 +14,13 @@ use crate::client::Client;
 
 #[derive(clap::Args, Debug)]
 pub struct GroupsArgs {
-    /// Broker to ask.
-    #[arg(long, default_value = "127.0.0.1:9092", global = true)]
+    /// Broker to ask (`groups lag` takes a list: HOST:PORT,HOST:PORT).
+    #[arg(
+        long,
+        alias = "bootstrap-server",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
     pub bootstrap: String,
     #[command(subcommand)]
     pub command: GroupsCommand,
@@ -26,13 +32,17 @@ pub enum GroupsCommand {
     List,
     /// Per partition: committed offset, log end offset, lag and owner.
     Describe { group: String },
+    /// Burrow's lag evaluation (OK, WARN, ERR: STOP, STALL, REWIND) of every
+    /// group or one, from a few samples of the cluster.
+    Lag(crate::lag::cli::LagArgs),
 }
 
 pub fn run(args: GroupsArgs) -> Result<()> {
-    let mut client = Client::connect(&args.bootstrap, "ringtail-groups")?;
+    let connect = || Client::connect(&args.bootstrap, "ringtail-groups");
     match args.command {
-        GroupsCommand::List => list(&mut client),
-        GroupsCommand::Describe { group } => describe(&mut client, &group),
+        GroupsCommand::List => list(&mut connect()?),
+        GroupsCommand::Describe { group } => describe(&mut connect()?, &group),
+        GroupsCommand::Lag(lag) => crate::lag::cli::run(&args.bootstrap, lag),
     }
 }
 
@@ -62,7 +72,7 @@ struct Row {
 }
 
 /// Topic partitions a consumer-protocol assignment names.
-fn assigned_partitions(assignment: &[u8]) -> Vec<(String, i32)> {
+pub(crate) fn assigned_partitions(assignment: &[u8]) -> Vec<(String, i32)> {
     let mut b = assignment;
     let mut out = Vec::new();
     if b.remaining() < 6 {

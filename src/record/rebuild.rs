@@ -14,9 +14,10 @@
 //!
 //! Pure; runs on the shard of the partition being cleaned.
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use super::compression::{self, Codec};
+use super::recompress::CompressionLevels;
 use super::{BatchError, BatchHeader, BATCH_HEADER_BYTES, LOG_OVERHEAD};
 
 /// Kafka's attribute bit for a batch whose base timestamp is its delete
@@ -27,11 +28,6 @@ const BASE_TIMESTAMP: usize = 27;
 const MAX_TIMESTAMP: usize = 35;
 const RECORDS_COUNT: usize = 57;
 const CRC: usize = 17;
-/// xerial snappy framing as Kafka's clients write it: magic, version 1,
-/// compatible version 1, then length-prefixed raw blocks.
-const XERIAL_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
-/// Uncompressed bytes per xerial snappy block (the Java client's 32 KiB).
-const SNAPPY_BLOCK_BYTES: usize = 32 * 1024;
 
 /// One record of a batch, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,46 +141,6 @@ pub fn split_records<'a>(
     Ok(out)
 }
 
-/// `records` compressed with `codec` as Kafka's clients frame it.
-pub fn compress(codec: Codec, records: &[u8]) -> Result<Vec<u8>, BatchError> {
-    let failed = |e: std::io::Error| BatchError::CorruptCompressed {
-        codec,
-        reason: e.to_string(),
-    };
-    Ok(match codec {
-        Codec::None => records.to_vec(),
-        Codec::Gzip => {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(records).map_err(failed)?;
-            e.finish().map_err(failed)?
-        }
-        Codec::Snappy => {
-            let mut out = XERIAL_HEADER.to_vec();
-            let mut encoder = snap::raw::Encoder::new();
-            for block in records.chunks(SNAPPY_BLOCK_BYTES) {
-                let c = encoder
-                    .compress_vec(block)
-                    .map_err(|e| failed(std::io::Error::other(e)))?;
-                out.extend_from_slice(&(c.len() as u32).to_be_bytes());
-                out.extend_from_slice(&c);
-            }
-            out
-        }
-        Codec::Lz4 => {
-            let mut e = lz4::EncoderBuilder::new()
-                .block_mode(lz4::BlockMode::Independent)
-                .checksum(lz4::ContentChecksum::NoChecksum)
-                .build(Vec::new())
-                .map_err(failed)?;
-            e.write_all(records).map_err(failed)?;
-            let (out, done) = e.finish();
-            done.map_err(failed)?;
-            out
-        }
-        Codec::Zstd => zstd::bulk::compress(records, 3).map_err(failed)?,
-    })
-}
-
 /// A new batch holding `kept` (records of `original`, in order, at least
 /// one), its header as described in the module doc. `delete_horizon_ms`
 /// stamps the batch with a delete horizon (and must be absent when the
@@ -214,7 +170,7 @@ pub fn rebuild_batch(
         put_varint(&mut section, body.len() as i64);
         section.extend_from_slice(&body);
     }
-    let payload = compress(codec, &section)?;
+    let payload = super::recompress::compress(codec, &CompressionLevels::default(), &section)?;
     let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + payload.len());
     out.extend_from_slice(&original[..BATCH_HEADER_BYTES]);
     out.extend_from_slice(&payload);

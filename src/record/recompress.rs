@@ -315,5 +315,22 @@ pub fn recompress(
     Ok(out)
 }
 
+/// `records` compressed with `codec` at `levels`, framed as Kafka's
+/// clients frame them: the log cleaner's rebuilt batches (no size cap: a
+/// rebuilt batch is never larger than the records it came from, compressed).
+pub fn compress(
+    codec: Codec,
+    levels: &CompressionLevels,
+    records: &[u8],
+) -> Result<Vec<u8>, BatchError> {
+    let out = CappedOutput {
+        out: BytesMut::with_capacity(records.len() / 2).writer(),
+        limit: usize::MAX,
+    };
+    let out = encode(codec, levels, records, out)
+        .map_err(|_| BatchError::Invalid("the batch's codec failed to encode the records"))?;
+    Ok(out.out.into_inner().to_vec())
+}
+
 #[cfg(test)]
 mod tests;

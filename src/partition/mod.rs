@@ -149,6 +149,8 @@ pub struct Partition {
     /// Flush policy group commit: data counts as durable (for acks and the
     /// high watermark) only after an fdatasync; otherwise after the write.
     group_commit: bool,
+    /// The topic's bytes and records counters on this shard.
+    metrics: Rc<crate::metrics::TopicCounters>,
 }
 
 /// Limit of producer ids remembered per partition.
@@ -251,6 +253,7 @@ impl Partition {
                 &crate::config::Config::default(),
             )),
             group_commit,
+            metrics: crate::metrics::topic(topic),
         }))
     }
 
@@ -425,7 +428,9 @@ impl Partition {
             }
         }
         let epoch = self.leader_epoch();
+        let records = header.last_offset_delta().max(0) as u64 + 1;
         let (base, last) = self.append_batch(batch, Some(epoch)).await?;
+        self.count_produced(produced.size, records);
         Ok((base, last + 1))
     }
 
@@ -530,13 +535,35 @@ impl Partition {
         if !self.is_leader() {
             return Err(PartitionError::NotLeaderOrFollower);
         }
-        self.read_below(
-            offset,
-            max_bytes,
-            first_batch_max_bytes,
-            self.high_watermark(),
-        )
-        .await
+        let read = self
+            .read_below(
+                offset,
+                max_bytes,
+                first_batch_max_bytes,
+                self.high_watermark(),
+            )
+            .await?;
+        self.metrics.bytes_out.add(read.records.len() as u64);
+        Ok(read)
+    }
+
+    /// Counts a produced batch appended as leader.
+    fn count_produced(&self, bytes: usize, records: u64) {
+        self.metrics.bytes_in.add(bytes as u64);
+        self.metrics.produce_batches.inc();
+        self.metrics.produce_records.add(records);
+    }
+
+    /// Replicas, in-sync replicas and, as leader, each follower's lag in
+    /// offsets behind the log end.
+    pub fn replication_view(&self) -> (usize, usize, Vec<(NodeId, i64)>) {
+        let r = self.replica.borrow();
+        let lags = if r.is_leader() {
+            r.follower_lags()
+        } else {
+            Vec::new()
+        };
+        (r.replicas.len(), r.isr.len(), lags)
     }
 
     /// Reads whole batches from `offset`, stopping before `end`, bounded as
@@ -566,6 +593,10 @@ impl Partition {
             .cache
             .borrow()
             .read(offset, end, max_bytes, first_batch_max_bytes);
+        crate::metrics::with(|m| match cached {
+            Some(_) => m.cache_hits.inc(),
+            None => m.cache_misses.inc(),
+        });
         if let Some(b) = cached {
             return Ok(data(b));
         }

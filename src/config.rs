@@ -344,6 +344,31 @@ const _: () = assert!(FRAME_POOL_MAX_BUFFER_BYTES >= DEFAULT_MAX_MESSAGE_BYTES);
 const _: () = assert!(DEFAULT_FRAME_POOL_BYTES >= FRAME_POOL_MAX_BUFFER_BYTES);
 const _: () = assert!(DEFAULT_QUEUED_MAX_REQUEST_BYTES >= DEFAULT_MAX_REQUEST_BYTES);
 
+// ---- HTTP listener: Prometheus metrics and health (src/http/) ----
+
+/// Where the HTTP listener (Prometheus `/metrics`, `/healthz`, `/readyz`)
+/// accepts; "0" disables it. 9644 is the port Redpanda's admin API uses for
+/// the same endpoints, so scrape configs carry over.
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9644";
+/// Largest HTTP request head (request line and headers) read; a larger one
+/// is answered 431 and the connection closed. Scrapers and probes send a
+/// few hundred bytes.
+pub const HTTP_MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
+/// Headers parsed in a request head; more is answered 431.
+pub const HTTP_MAX_HEADERS: usize = 32;
+/// HTTP connections served at once; further clients wait in the kernel's
+/// accept backlog until one closes (every connection serves one request).
+pub const HTTP_MAX_CONNECTIONS: usize = 16;
+/// Time a client has to send its whole request head: a slow or silent
+/// client is dropped after it, so it holds a connection slot no longer.
+pub const HTTP_REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Time a response has to be written before the connection is dropped.
+pub const HTTP_WRITE_TIMEOUT_MS: u64 = 10_000;
+/// CPU shares of the HTTP listener's task queue on its shard against the
+/// default queue's 1000: a scrape being encoded yields to produce and fetch
+/// work when both are runnable.
+pub const HTTP_TASK_QUEUE_SHARES: usize = 100;
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("reading config file {path}: {source}")]
@@ -454,6 +479,9 @@ pub struct Config {
     pub offsets_topic_segment_bytes: u64,
     /// The consumer lag monitor; see [`LagConfig`].
     pub lag: LagConfig,
+    /// HTTP listener (metrics, health): HOST:PORT, or "0" for none. See
+    /// DEFAULT_HTTP_LISTEN.
+    pub http_listen: String,
 }
 
 impl Default for Config {
@@ -516,6 +544,7 @@ impl Default for Config {
             log_cleaner_io_buffer_bytes: DEFAULT_LOG_CLEANER_IO_BUFFER_BYTES,
             offsets_topic_segment_bytes: DEFAULT_OFFSETS_TOPIC_SEGMENT_BYTES,
             lag: LagConfig::default(),
+            http_listen: DEFAULT_HTTP_LISTEN.into(),
         }
     }
 }
@@ -590,6 +619,7 @@ impl Config {
         self.validate_budgets()?;
         self.validate_cleaner()?;
         self.lag.validate()?;
+        self.validate_http()?;
         self.validate_cluster()
     }
 
@@ -613,6 +643,21 @@ impl Config {
             return bad("offsets_topic_segment_bytes must be in 16 KiB..2 GiB");
         }
         Ok(())
+    }
+
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        if self.http_listen != "0" && self.http_listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "http_listen {:?} is neither HOST:PORT nor 0 (disabled)",
+                self.http_listen
+            )));
+        }
+        Ok(())
+    }
+
+    /// The HTTP listener's address; None when disabled ("0").
+    pub fn http_listen_addr(&self) -> Option<SocketAddr> {
+        self.http_listen.parse().ok()
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {

@@ -58,6 +58,10 @@ struct ServeArgs {
     /// Every voter is also a broker. Without it the node is a one-voter cluster.
     #[arg(long)]
     controller_voters: Option<String>,
+    /// HTTP listener for Prometheus /metrics, /healthz and /readyz
+    /// (default 0.0.0.0:9644); 0 disables it.
+    #[arg(long)]
+    http_listen: Option<String>,
     /// TOML configuration file; command line flags win over it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -99,6 +103,9 @@ fn main() -> Result<()> {
             }
             if let Some(v) = args.controller_listen {
                 config.controller_listen = Some(v);
+            }
+            if let Some(v) = args.http_listen {
+                config.http_listen = v;
             }
             if let Some(v) = args.controller_voters {
                 config.controller_voters = Some(v);

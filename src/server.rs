@@ -166,6 +166,8 @@ pub fn run(config: Config) -> Result<()> {
     install_signal_handler(phases.clone())?;
     let lag_monitor = crate::lag::monitor::start(&config).context("starting the lag monitor")?;
     let mesh = MeshBuilder::<Job, _>::full(count, MESH_CHANNEL_CAPACITY);
+    let mut http = crate::http::bind(config.http_listen_addr())
+        .with_context(|| format!("binding http_listen {}", config.http_listen))?;
     let cpus = Arc::new(placement::allowed_cpus());
     tracing::debug!(?cpus, shards = count, "allowed CPUs");
     let mut handles = Vec::with_capacity(count);
@@ -177,12 +179,13 @@ pub fn run(config: Config) -> Result<()> {
             phases.clone(),
             cpus.clone(),
         );
+        let http = if i == 0 { http.take() } else { None };
         let cpu = placement::cpu_of_shard(i, &cpus);
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{i}"))
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || async move {
-                shard_main(config, cluster, mesh, phases, (i, count, cpus)).await
+                shard_main(config, cluster, mesh, phases, (i, count, cpus), http).await
             })
             .map_err(|e| anyhow::anyhow!("starting shard {i}: {e}"))?;
         handles.push(handle);
@@ -228,6 +231,7 @@ async fn shard_main(
     mesh: MeshBuilder<Job, glommio::channels::channel_mesh::Full>,
     phases: Arc<Phases>,
     (slot, count, cpus): (usize, usize, Arc<Vec<usize>>),
+    http: Option<std::net::TcpListener>,
 ) -> Result<()> {
     let (senders, receivers) = mesh
         .join()
@@ -236,6 +240,9 @@ async fn shard_main(
     let id = senders.peer_id();
     let shard = Shard::new(id, count, Rc::new(config), cluster.incarnation_id, senders);
     shard.start_mesh_receivers(receivers);
+    if let Some(listener) = http {
+        start_http(&shard, listener, &phases, count);
+    }
     crate::log::probe_device(&shard.config.data_dir).await?;
     crate::protocol::groups::start_group_timer(&shard);
     shard.start_flusher();
@@ -300,6 +307,46 @@ async fn shard_main(
             unclean.join(", ")
         ))
     }
+}
+
+/// Shard 0: serves metrics and health over HTTP from the start, so that
+/// `/readyz` answers 503 during recovery.
+fn start_http(
+    shard: &Rc<Shard>,
+    listener: std::net::TcpListener,
+    phases: &Arc<Phases>,
+    count: usize,
+) {
+    let ready: crate::http::Readiness = {
+        let (shard, phases) = (shard.clone(), phases.clone());
+        Rc::new(move || readiness(&shard, &phases, count))
+    };
+    let stop = {
+        let phases = phases.clone();
+        Rc::new(move || phases.stop.load(Ordering::SeqCst))
+    };
+    crate::http::start(listener, crate::http::routes(shard, ready), stop);
+}
+
+/// Ready: recovered on every shard, registered and unfenced, every shard
+/// accepting clients, not stopping.
+fn readiness(shard: &Shard, phases: &Phases, count: usize) -> Result<(), String> {
+    if phases.shutdown.load(Ordering::SeqCst) {
+        return Err("shutting down".into());
+    }
+    if phases.recovered.load(Ordering::SeqCst) < count {
+        return Err("recovering".into());
+    }
+    let Some(cluster) = shard.cluster_if_started() else {
+        return Err("joining the cluster".into());
+    };
+    if !cluster.is_serving() {
+        return Err("not registered with the controller, or fenced".into());
+    }
+    if phases.listening.load(Ordering::SeqCst) < count {
+        return Err("not accepting clients yet".into());
+    }
+    Ok(())
 }
 
 /// Shard 0: starts this node's cluster service; each new image goes to

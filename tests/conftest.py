@@ -27,6 +27,10 @@ class Broker:
     def __init__(self, data_dir, extra_args=(), cores=2, log_dir=None):
         self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
+        # Every broker gets its own HTTP (metrics) port, unless the test
+        # names one: the default 9644 would be shared by brokers on one host.
+        self.http_port = free_port()
+        self.http = f"127.0.0.1:{self.http_port}"
         self.data_dir = Path(data_dir)
         self.extra_args = list(extra_args)
         self.cores = cores
@@ -40,6 +44,8 @@ class Broker:
     def spawn(self):
         args = [str(BINARY), "serve", "--listen", self.bootstrap, "--data-dir", str(self.data_dir),
                 "--cores", str(self.cores)] + self.extra_args
+        if "--http-listen" not in self.extra_args:
+            args += ["--http-listen", self.http]
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
 

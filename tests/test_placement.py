@@ -34,7 +34,8 @@ def serve_pinned(tmp_path, cpu_list, cores):
     log = open(tmp_path / "broker.log", "ab")
     proc = subprocess.Popen(["taskset", "-c", cpu_list, str(BINARY), "serve", "--listen",
                              f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data"),
-                             "--cores", str(cores)], stdout=log, stderr=log)
+                             "--cores", str(cores), "--http-listen", "127.0.0.1:0"],
+                            stdout=log, stderr=log)
     deadline = time.time() + START_TIMEOUT_S
     while time.time() < deadline:
         assert proc.poll() is None, (tmp_path / "broker.log").read_text()

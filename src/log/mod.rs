@@ -637,11 +637,10 @@ pub async fn read_batches_bounded(
     let mut limited = false;
     while position < plan.limit {
         let available = (plan.limit - position) as usize;
-        let chunk = plan
-            .file
-            .read_at(position, want.min(available))
-            .await
-            .map_err(|e| LogError::io("read", &plan.path, e))?;
+        let timer = crate::metrics::io_begin(crate::metrics::IoOp::DirectRead, want.min(available));
+        let chunk = plan.file.read_at(position, want.min(available)).await;
+        drop(timer);
+        let chunk = chunk.map_err(|e| LogError::io("read", &plan.path, e))?;
         // Whole batches to return are chunk[first..at].
         let mut first = None;
         let mut at = 0usize;

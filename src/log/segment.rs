@@ -409,10 +409,10 @@ impl SealJob {
             .map_err(|e| LogError::io("truncate", &self.path, e))?;
         // The trimmed size is durable too: recovery loads a sealed segment
         // below the recovery point by its size, without reading it.
-        self.file
-            .fdatasync()
-            .await
-            .map_err(|e| LogError::io("fdatasync", &self.path, e))?;
+        let timer = crate::metrics::io_begin(crate::metrics::IoOp::Fsync, 0);
+        let synced = self.file.fdatasync().await;
+        drop(timer);
+        synced.map_err(|e| LogError::io("fdatasync", &self.path, e))?;
         let stem = self.path.with_extension("");
         write_file_direct(&stem.with_extension("index"), &self.index.encode_offsets()).await?;
         write_file_direct(

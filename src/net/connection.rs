@@ -11,6 +11,7 @@
 //! run to their end and drop their frames and responses.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
@@ -28,7 +29,18 @@ struct Response {
 
 type ResponseTask = glommio::task::JoinHandle<Response>;
 
+/// Counts the connection closed however `serve` ends.
+struct ClosedOnDrop;
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        crate::metrics::with(|m| m.connections_closed.inc());
+    }
+}
+
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+    crate::metrics::with(|m| m.connections_accepted.inc());
+    let _closed = ClosedOnDrop;
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr().ok();
     let stream = SharedStream::new(stream);
@@ -90,8 +102,9 @@ async fn read_requests(
         let handler_shard = shard.clone();
         shard.in_flight.set(shard.in_flight.get() + 1);
         let task = glommio::spawn_local(async move {
-            let frame_bytes = frame;
+            let (frame_bytes, api_key, started) = (frame, decoded.api_key as i16, Instant::now());
             let response = protocol::handle(handler_shard.clone(), decoded, peer).await;
+            crate::metrics::request_done(api_key, started.elapsed());
             drop(frame_bytes);
             handler_shard
                 .in_flight

@@ -42,6 +42,15 @@ impl CacheBudget {
         })
     }
 
+    /// Bytes cached now (batches and their overhead).
+    pub fn used_bytes(&self) -> usize {
+        self.used.get()
+    }
+
+    pub fn limit_bytes(&self) -> usize {
+        self.limit
+    }
+
     /// Accounts for a batch just cached, then evicts the shard's oldest
     /// batches while over the limit.
     pub(super) fn admit(&self, cache: &Rc<RefCell<BatchCache>>, base: i64, batch_len: usize) {

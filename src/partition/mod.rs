@@ -153,6 +153,8 @@ pub struct Partition {
     group_commit: bool,
     /// The log cleaner's progress (`cleaner.rs`).
     cleaner: cleaner::CleanerState,
+    /// The topic's bytes and records counters on this shard.
+    metrics: Rc<crate::metrics::TopicCounters>,
 }
 
 /// A produced (validated) batch as the topic stores it: the producer's
@@ -272,6 +274,7 @@ impl Partition {
             )),
             group_commit,
             cleaner: cleaner::CleanerState::new(checkpoint.cleaner_offset),
+            metrics: crate::metrics::topic(topic),
         }))
     }
 
@@ -448,7 +451,9 @@ impl Partition {
             }
         }
         let epoch = self.leader_epoch();
+        let records = header.last_offset_delta().max(0) as u64 + 1;
         let (base, last) = self.append_batch(batch, Some(epoch)).await?;
+        self.count_produced(produced.size, records);
         Ok((base, last + 1))
     }
 
@@ -553,13 +558,35 @@ impl Partition {
         if !self.is_leader() {
             return Err(PartitionError::NotLeaderOrFollower);
         }
-        self.read_below(
-            offset,
-            max_bytes,
-            first_batch_max_bytes,
-            self.high_watermark(),
-        )
-        .await
+        let read = self
+            .read_below(
+                offset,
+                max_bytes,
+                first_batch_max_bytes,
+                self.high_watermark(),
+            )
+            .await?;
+        self.metrics.bytes_out.add(read.records.len() as u64);
+        Ok(read)
+    }
+
+    /// Counts a produced batch appended as leader.
+    fn count_produced(&self, bytes: usize, records: u64) {
+        self.metrics.bytes_in.add(bytes as u64);
+        self.metrics.produce_batches.inc();
+        self.metrics.produce_records.add(records);
+    }
+
+    /// Replicas, in-sync replicas and, as leader, each follower's lag in
+    /// offsets behind the log end.
+    pub fn replication_view(&self) -> (usize, usize, Vec<(NodeId, i64)>) {
+        let r = self.replica.borrow();
+        let lags = if r.is_leader() {
+            r.follower_lags()
+        } else {
+            Vec::new()
+        };
+        (r.replicas.len(), r.isr.len(), lags)
     }
 
     /// Reads whole batches from `offset`, stopping before `end`, bounded as
@@ -589,6 +616,10 @@ impl Partition {
             .cache
             .borrow()
             .read(offset, end, max_bytes, first_batch_max_bytes);
+        crate::metrics::with(|m| match cached {
+            Some(_) => m.cache_hits.inc(),
+            None => m.cache_misses.inc(),
+        });
         if let Some(b) = cached {
             return Ok(data(b));
         }

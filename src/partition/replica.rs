@@ -117,6 +117,15 @@ impl ReplicaState {
         self.durable_end_offset
     }
 
+    /// As leader: how many offsets each follower is behind the log end
+    /// (followers not heard from since this leadership began count from 0).
+    pub fn follower_lags(&self) -> Vec<(NodeId, i64)> {
+        self.followers
+            .iter()
+            .map(|(id, p)| (*id, (self.log_end_offset - p.log_end_offset.max(0)).max(0)))
+            .collect()
+    }
+
     pub fn is_leader(&self) -> bool {
         self.role == Role::Leader
     }

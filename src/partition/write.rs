@@ -78,9 +78,10 @@ impl Partition {
                 let log = self.log.borrow();
                 (log.active().file.clone(), log.active().path.clone())
             };
-            file.fdatasync()
-                .await
-                .map_err(|e| LogError::io("fdatasync", &path, e))?;
+            let timer = crate::metrics::io_begin(crate::metrics::IoOp::Fsync, 0);
+            let synced = file.fdatasync().await;
+            drop(timer);
+            synced.map_err(|e| LogError::io("fdatasync", &path, e))?;
             self.synced.set(true);
         }
         Ok(())
@@ -91,7 +92,9 @@ impl Partition {
     /// answers NoSpace.
     async fn write_pages(&self, w: PendingWrite, retry: bool) -> Result<(), PartitionError> {
         let len = w.buffer.len();
+        let timer = crate::metrics::io_begin(crate::metrics::IoOp::DirectWrite, len);
         let result = w.file.write_rc_at(w.buffer.clone(), w.position).await;
+        drop(timer);
         self.synced.set(false);
         let failure = match result {
             Ok(n) if n == len => {

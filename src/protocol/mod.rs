@@ -8,6 +8,7 @@ mod api_versions;
 mod cluster_admin;
 mod configs;
 mod delete_records;
+mod errors;
 mod fetch;
 pub mod groups;
 mod leader_epoch;
@@ -172,6 +173,7 @@ pub async fn handle(
         // Fetch responses keep their record sets by reference.
         Some(RequestKind::Fetch(r)) => {
             let mut reply = fetch::handle(&shard, r, d.version).await;
+            reply.count_errors();
             let mut frame = FrameBuilder::new(ApiKey::Fetch, d.version, correlation_id);
             reply.encode(&mut frame, d.version);
             let mut frame = frame.finish();
@@ -183,6 +185,7 @@ pub async fn handle(
             d.version,
         ),
     };
+    errors::count(d.api_key, &response);
     let body = encode_response(d.api_key, version, correlation_id, &response)?;
     Some(ResponseFrame::from_encoded(body))
 }

@@ -223,6 +223,7 @@ impl Shard {
         let Some(isr) = effects.alter_isr else {
             return;
         };
+        let shrink = isr.len() < part.replication_view().1;
         let item = AlterPartitionItem {
             topic_id: part.topic_id,
             partition: part.index,
@@ -255,6 +256,10 @@ impl Shard {
             if !accepted {
                 tracing::debug!(topic = %part.topic, partition = part.index, reply = ?reply, "ISR change not accepted");
                 part.alter_failed();
+            } else if shrink {
+                crate::metrics::with(|m| m.isr_shrinks.inc());
+            } else {
+                crate::metrics::with(|m| m.isr_expands.inc());
             }
         })
         .detach();

@@ -69,7 +69,7 @@ pub struct Shard {
     image: RefCell<Arc<MetadataImage>>,
     partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
     senders: Senders<Job>,
-    budget: Rc<CacheBudget>,
+    pub budget: Rc<CacheBudget>,
     dirty: RefCell<Vec<Rc<Partition>>>,
     doorbell: LocalSender<()>,
     doorbell_rx: RefCell<Option<LocalReceiver<()>>>,
@@ -170,6 +170,12 @@ impl Shard {
     /// Shard 0: attaches the cluster service.
     pub fn set_cluster(&self, cluster: Rc<ClusterService>) {
         *self.cluster.borrow_mut() = Some(cluster);
+    }
+
+    /// The cluster service on shard 0 once it has started; None before and
+    /// on the other shards.
+    pub fn cluster_if_started(&self) -> Option<Rc<ClusterService>> {
+        self.cluster.borrow().clone()
     }
 
     /// The cluster service; only on shard 0.

@@ -94,6 +94,14 @@ fn put_partition_tags(buf: &mut BytesMut, diverging: Option<EpochEnd>) {
 }
 
 impl FetchReply {
+    /// Counts each partition's error code for the metrics.
+    pub fn count_errors(&self) {
+        let key = kafka_protocol::messages::ApiKey::Fetch as i16;
+        for p in self.topics.iter().flat_map(|t| &t.partitions) {
+            crate::metrics::request_error(key, p.error_code);
+        }
+    }
+
     /// The budget held by the record sets, to be kept until they are sent.
     pub fn take_grant(&mut self) -> Option<Grant> {
         self.grant.take()

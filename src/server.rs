@@ -179,7 +179,11 @@ pub fn run(config: Config) -> Result<()> {
             phases.clone(),
             cpus.clone(),
         );
-        let http = if i == 0 { http.take() } else { None };
+        let http = if i == 0 {
+            http.take().map(|l| (l, lag_monitor.clone()))
+        } else {
+            None
+        };
         let cpu = placement::cpu_of_shard(i, &cpus);
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{i}"))
@@ -231,7 +235,10 @@ async fn shard_main(
     mesh: MeshBuilder<Job, glommio::channels::channel_mesh::Full>,
     phases: Arc<Phases>,
     (slot, count, cpus): (usize, usize, Arc<Vec<usize>>),
-    http: Option<std::net::TcpListener>,
+    http: Option<(
+        std::net::TcpListener,
+        Option<Arc<crate::lag::monitor::LagMonitor>>,
+    )>,
 ) -> Result<()> {
     let (senders, receivers) = mesh
         .join()
@@ -240,8 +247,8 @@ async fn shard_main(
     let id = senders.peer_id();
     let shard = Shard::new(id, count, Rc::new(config), cluster.incarnation_id, senders);
     shard.start_mesh_receivers(receivers);
-    if let Some(listener) = http {
-        start_http(&shard, listener, &phases, count);
+    if let Some((listener, lag)) = http {
+        start_http(&shard, listener, lag, &phases, count);
     }
     crate::log::probe_device(&shard.config.data_dir).await?;
     crate::protocol::groups::start_group_timer(&shard);
@@ -314,6 +321,7 @@ async fn shard_main(
 fn start_http(
     shard: &Rc<Shard>,
     listener: std::net::TcpListener,
+    lag: Option<Arc<crate::lag::monitor::LagMonitor>>,
     phases: &Arc<Phases>,
     count: usize,
 ) {
@@ -325,7 +333,7 @@ fn start_http(
         let phases = phases.clone();
         Rc::new(move || phases.stop.load(Ordering::SeqCst))
     };
-    crate::http::start(listener, crate::http::routes(shard, ready), stop);
+    crate::http::start(listener, crate::http::routes(shard, ready, lag), stop);
 }
 
 /// Ready: recovered on every shard, registered and unfenced, every shard

@@ -191,3 +191,56 @@ def apache_kafka(tmp_path):
 def test_the_same_rules_against_apache_kafka(apache_kafka):
     create_topic(apache_kafka, "lagged", 2)
     drive_ok_err_ok(apache_kafka, "lagged", "laggers")
+
+
+def http_json(address, path):
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_brokers_own_monitor_serves_burrows_endpoints(broker_factory):
+    b = broker_factory(config="[lag]\nsample_interval_ms = 200\nwindow_samples = 4\n")
+    create_topic(b.bootstrap, "watched", 2)
+    produce(b.bootstrap, "watched", 40, 2)
+    c = consumer(b.bootstrap, "watchers")
+    c.subscribe(["watched"])
+    consume_and_commit(c, 40)
+
+    def group_status():
+        code, body = http_json(b.http, "/v3/kafka/local/consumer/watchers/lag")
+        return code, body
+    deadline = time.time() + 30
+    code, body = group_status()
+    while (code != 200 or body["status"]["status"] != "OK") and time.time() < deadline:
+        time.sleep(0.3)
+        code, body = group_status()
+    assert code == 200 and body["status"]["status"] == "OK", body
+    assert body["status"]["partition_count"] == 2 and body["status"]["totallag"] == 0
+
+    code, listed = http_json(b.http, "/v3/kafka/local/consumer")
+    assert code == 200 and "watchers" in listed["consumers"], listed
+
+    # Paused while the log grows: the monitor sees the lag stall.
+    c.pause(c.assignment())
+    produce(b.bootstrap, "watched", 20, 2)
+    deadline = time.time() + 30
+    code, body = group_status()
+    while body["status"]["status"] != "ERR" and time.time() < deadline:
+        time.sleep(0.3)
+        code, body = group_status()
+    assert body["status"]["status"] == "ERR" and body["status"]["totallag"] == 20, body
+    c.close()
+
+    import urllib.request
+    with urllib.request.urlopen(f"http://{b.http}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert 'ringtail_consumer_group_status{group="watchers"} 3' in metrics, metrics[-3000:]
+    assert "ringtail_disk_free_bytes " in metrics
+
+    code, missing = http_json(b.http, "/v3/kafka/local/consumer/nobody/lag")
+    assert code == 404 and missing["error"] is True, missing

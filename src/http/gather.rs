@@ -61,6 +61,10 @@ pub struct ClusterView {
     pub active_controller: bool,
     /// As active controller: partitions without a leader.
     pub offline_partitions: usize,
+    /// The data directory's file system at the last check (statvfs every
+    /// disk_check_interval_ms); total 0 before the first.
+    pub disk_free_bytes: u64,
+    pub disk_total_bytes: u64,
 }
 
 /// Everything one scrape reports.
@@ -146,8 +150,13 @@ fn group_views(shard: &Shard) -> Vec<GroupView> {
 
 /// Runs on shard 0.
 fn cluster_view(shard: &Shard) -> ClusterView {
+    let disk = ClusterView {
+        disk_free_bytes: shard.space.free_bytes(),
+        disk_total_bytes: shard.space.total_bytes(),
+        ..ClusterView::default()
+    };
     let Some(cluster) = shard.cluster_if_started() else {
-        return ClusterView::default();
+        return disk;
     };
     let active_controller = cluster.is_active_controller();
     let offline_partitions = if active_controller {
@@ -158,6 +167,7 @@ fn cluster_view(shard: &Shard) -> ClusterView {
     ClusterView {
         active_controller,
         offline_partitions,
+        ..disk
     }
 }
 

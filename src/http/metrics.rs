@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::ResponseError;
@@ -17,6 +18,7 @@ use prometheus_client::registry::Registry;
 
 use super::gather::{gather, Gathered, ShardView};
 use super::server::Response;
+use crate::lag::monitor::LagMonitor;
 use crate::metrics::HistogramSnapshot;
 use crate::shard::Shard;
 
@@ -99,9 +101,13 @@ impl Collector for Families {
 }
 
 /// Serves a scrape.
-pub async fn scrape(shard: Rc<Shard>) -> Response {
+pub async fn scrape(shard: Rc<Shard>, lag: Option<Arc<LagMonitor>>) -> Response {
     let gathered = gather(&shard).await;
-    match encode(families(&gathered)) {
+    let mut all = families(&gathered);
+    if let Some(lag) = lag {
+        all.extend(lag_families(&lag.statuses(crate::lag::monitor::now_ms())));
+    }
+    match encode(all) {
         Ok(text) => Response::new(
             200,
             prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
@@ -477,7 +483,51 @@ fn cluster_families(g: &Gathered) -> Vec<Family> {
         Gauge,
     );
     offline.gauge(Vec::new(), g.cluster.offline_partitions as f64);
-    vec![under, storage, shrinks, expands, active, offline]
+    let mut free = Family::new(
+        "ringtail_disk_free_bytes",
+        "Free bytes of the data directory's file system, as last checked.",
+        Gauge,
+    );
+    let mut total = Family::new(
+        "ringtail_disk_total_bytes",
+        "Size of the data directory's file system.",
+        Gauge,
+    );
+    if g.cluster.disk_total_bytes > 0 {
+        free.gauge(Vec::new(), g.cluster.disk_free_bytes as f64);
+        total.gauge(Vec::new(), g.cluster.disk_total_bytes as f64);
+    }
+    vec![
+        under, storage, shrinks, expands, active, offline, free, total,
+    ]
+}
+
+/// The lag monitor's evaluation of every tracked group (Burrow's model):
+/// its status as a number (1 OK, 2 WARN, 3 ERR; STOP, STALL and REWIND
+/// partitions make their group ERR) and its total lag.
+pub fn lag_families(statuses: &[crate::lag::evaluator::GroupStatus]) -> Vec<Family> {
+    use crate::lag::evaluator::Status;
+    let mut status = Family::new(
+        "ringtail_consumer_group_status",
+        "Burrow's status of the group from the lag monitor: 1 OK, 2 WARN, 3 ERR.",
+        MetricType::Gauge,
+    );
+    let mut total = Family::new(
+        "ringtail_consumer_group_total_lag_messages",
+        "The lag monitor's total lag of the group over its partitions.",
+        MetricType::Gauge,
+    );
+    for g in statuses {
+        let n = match g.status {
+            Status::Ok => 1.0,
+            Status::Warn => 2.0,
+            Status::NotFound => continue,
+            _ => 3.0,
+        };
+        status.gauge(vec![("group", g.group.clone())], n);
+        total.gauge(vec![("group", g.group.clone())], g.totallag as f64);
+    }
+    vec![status, total]
 }
 
 fn group_families(g: &Gathered) -> Vec<Family> {

@@ -16,12 +16,14 @@ pub mod server;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use glommio::{Latency, Shares};
 
 pub use health::Readiness;
 pub use server::{Handler, Request, Response, Router};
 
+use crate::lag::monitor::LagMonitor;
 use crate::shard::Shard;
 
 /// Binds the HTTP listener's socket (before the shards start, so that a
@@ -33,14 +35,15 @@ pub fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<std::net::TcpLis
     std::net::TcpListener::bind(addr).map(Some)
 }
 
-/// The broker's routes: `/metrics`, `/healthz`, `/readyz`.
-pub fn routes(shard: &Rc<Shard>, ready: Readiness) -> Router {
+/// The broker's routes: `/metrics`, `/healthz`, `/readyz`, and with the
+/// lag monitor on, Burrow's `/v3/kafka/local/consumer[/GROUP/lag|status]`.
+pub fn routes(shard: &Rc<Shard>, ready: Readiness, lag: Option<Arc<LagMonitor>>) -> Router {
     let mut router = Router::new();
-    let scraped = shard.clone();
+    let (scraped, lag_metrics) = (shard.clone(), lag.clone());
     router
         .route(
             "/metrics",
-            Rc::new(move |_req| Box::pin(metrics::scrape(scraped.clone()))),
+            Rc::new(move |_req| Box::pin(metrics::scrape(scraped.clone(), lag_metrics.clone()))),
         )
         .route(
             "/healthz",
@@ -53,7 +56,26 @@ pub fn routes(shard: &Rc<Shard>, ready: Readiness) -> Router {
                 Box::pin(async move { answer })
             }),
         );
+    if let Some(lag) = lag {
+        router.route_prefix(
+            "/v3/kafka",
+            Rc::new(move |req: Request| {
+                let answer = consumer_lag(&lag, &req.path);
+                Box::pin(async move { answer })
+            }),
+        );
+    }
     router
+}
+
+/// Burrow's consumer lag endpoints, answered from the lag monitor's
+/// evaluator (its lock is held by the sampler thread only while it feeds
+/// a round's samples).
+fn consumer_lag(lag: &LagMonitor, path: &str) -> Response {
+    match lag.http_get(path, crate::lag::monitor::now_ms()) {
+        Some((status, body)) => Response::new(status, "application/json", body),
+        None => Response::new(404, "text/plain; charset=utf-8", "not found\n"),
+    }
 }
 
 /// Serves `router` on `listener` from this shard, in a low-share task

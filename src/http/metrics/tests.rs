@@ -70,6 +70,7 @@ fn gathered() -> Gathered {
         cluster: ClusterView {
             active_controller: true,
             offline_partitions: 0,
+            ..Default::default()
         },
     }
 }

@@ -735,6 +735,13 @@ impl Partition {
     pub fn is_dirty(&self) -> bool {
         self.dirty.get()
     }
+
+    /// Bytes appended to the active segment and not yet on the device.
+    pub fn unwritten_bytes(&self) -> u64 {
+        let log = self.log.borrow();
+        let active = log.active();
+        active.size.saturating_sub(active.written)
+    }
 }
 
 /// Kafka's message.timestamp.before/after.max.ms for CreateTime topics:

@@ -375,7 +375,9 @@ impl Shard {
 
     /// Group commit: each round writes and syncs every partition that got
     /// appends since the previous round, all concurrently; appends arriving
-    /// meanwhile wait for the next round.
+    /// meanwhile wait for the next round. After a round smaller than
+    /// `write_round_bytes` the next one first gathers appends for
+    /// `write_round_delay_us` (config.rs says why).
     pub fn start_flusher(self: &Rc<Self>) {
         let rx = self
             .doorbell_rx
@@ -386,13 +388,21 @@ impl Shard {
         glommio::spawn_local(async move {
             let interval = Duration::from_millis(shard.config.flush_interval_ms);
             let group_commit = shard.config.flush_policy == FlushPolicy::GroupCommit;
+            let delay = Duration::from_micros(shard.config.write_round_delay_us);
             let mut last_sync = Instant::now();
+            // The last round carried write_round_bytes or more.
+            let mut busy = false;
             while rx.recv().await.is_some() {
                 loop {
+                    if !busy && !delay.is_zero() {
+                        glommio::timer::sleep(delay).await;
+                    }
                     let batch: Vec<Rc<Partition>> = std::mem::take(&mut *shard.dirty.borrow_mut());
                     if batch.is_empty() {
                         break;
                     }
+                    let bytes: u64 = batch.iter().map(|p| p.unwritten_bytes()).sum();
+                    busy = bytes >= shard.config.write_round_bytes;
                     let sync = group_commit || last_sync.elapsed() >= interval;
                     if sync {
                         last_sync = Instant::now();

@@ -22,12 +22,21 @@ DEPLOY = ROOT / "deploy"
 ANSIBLE_VENV = ROOT / ".cache" / "ansible-venv"
 
 
+def runs(exe):
+    try:
+        return subprocess.run([str(exe), "--version"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
 def ansible_playbook():
     """ansible-playbook from PATH, else from a venv with ansible-core from PyPI."""
     found = shutil.which("ansible-playbook")
     if found:
         return found
     exe = ANSIBLE_VENV / "bin" / "ansible-playbook"
+    if exe.exists() and not runs(exe):
+        shutil.rmtree(ANSIBLE_VENV)  # a venv moved from elsewhere: its scripts point there
     if not exe.exists():
         subprocess.run([sys.executable, "-m", "venv", str(ANSIBLE_VENV)], check=True)
         pip = subprocess.run([str(ANSIBLE_VENV / "bin" / "pip"), "install", "-q", "ansible-core"],
@@ -84,7 +93,8 @@ def test_playbook_installs_and_forms_a_three_node_cluster(tmp_path):
     lines = ["[ringtail]"]
     for n in (1, 2, 3):
         lines.append(f"node{n} ringtail_node_id={n} ringtail_port={ports[n]} "
-                     f"ringtail_controller_port={ports[n] + 1} ringtail_prefix={prefixes[n]}")
+                     f"ringtail_controller_port={ports[n] + 1} ringtail_http_port={free_port()} "
+                     f"ringtail_prefix={prefixes[n]}")
     lines += ["[ringtail:vars]", "ansible_connection=local",
               f"ansible_python_interpreter={sys.executable}", "ringtail_host=127.0.0.1",
               "ringtail_listen_host=127.0.0.1", "ringtail_become=false",

@@ -45,6 +45,10 @@ class Broker:
         args = [str(BINARY), "serve", "--listen", self.bootstrap, "--data-dir", str(self.data_dir),
                 "--cores", str(self.cores)] + self.extra_args
         if "--http-listen" not in self.extra_args:
+            # A fresh port at each start: while the broker was down, a
+            # client's reconnect may have taken the old one as its local port.
+            self.http_port = free_port()
+            self.http = f"127.0.0.1:{self.http_port}"
             args += ["--http-listen", self.http]
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)

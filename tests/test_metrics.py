@@ -71,7 +71,12 @@ def consume_and_commit(bootstrap, topic, group, count):
 def test_metrics_move_with_real_traffic(broker_factory):
     b = broker_factory()
     assert get(b.http, "/healthz")[0] == 200
+    # The Kafka port answers once one shard listens; ready waits for all.
+    deadline = time.time() + 10
     status, _, body = get(b.http, "/readyz")
+    while status != 200 and time.time() < deadline:
+        time.sleep(0.05)
+        status, _, body = get(b.http, "/readyz")
     assert (status, body) == (200, "ready\n")
     before = Scrape(b.http)
     create_topic(b.bootstrap, "metered", partitions=2)
